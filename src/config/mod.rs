@@ -1,0 +1,644 @@
+//! The configuration schema, its defaults and its validation.
+//!
+//! TOML, `deny_unknown_fields` everywhere so that a typo is an error naming the key rather
+//! than a silently ignored setting. `tuning/default.toml` is embedded in the binary and is
+//! what `ringpost serve` runs without `--config`. Every bound the relay enforces is a field
+//! here, with its unit in the name or in its type.
+
+pub mod cidr;
+pub mod duration;
+
+pub use cidr::Cidr;
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The embedded default configuration (`tuning/default.toml`).
+pub const DEFAULT_TOML: &str = include_str!("../../tuning/default.toml");
+
+/// RFC 5321 4.5.3.1.4: a command line is at most 512 octets including CRLF. Some clients
+/// exceed it with many ESMTP parameters, so it is configurable, within a sane ceiling.
+pub const COMMAND_LINE_BYTES_MIN: usize = 512;
+pub const COMMAND_LINE_BYTES_CEILING: usize = 64 * 1024;
+/// The read buffer holds at least two command lines: one being framed, room to read more.
+pub const READ_BUFFER_LINES_MIN: usize = 2;
+/// Default per-session read buffer: small, because idle sessions are many.
+pub const READ_BUFFER_BYTES_DEFAULT: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub listen: Vec<Listen>,
+    /// TLS certificates (STARTTLS, smtps). Not served yet: see README "Status".
+    pub tls: Option<Tls>,
+    #[serde(default)]
+    pub policy: Policy,
+    #[serde(default)]
+    pub forward: Vec<Forward>,
+    #[serde(default)]
+    pub list: Vec<List>,
+    #[serde(default)]
+    pub queue: Queue,
+    #[serde(default)]
+    pub delivery: Delivery,
+    #[serde(default)]
+    pub route: Vec<Route>,
+    /// Admin HTTP endpoint. Not served yet: see README "Status".
+    pub admin: Option<Admin>,
+    /// SMTP AUTH users. Not served yet: see README "Status".
+    pub auth: Option<Auth>,
+    #[serde(default)]
+    pub tuning: Tuning,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// Our name in the greeting, EHLO reply and Received headers.
+    pub hostname: String,
+    /// Where mail to `<Postmaster>` (no domain) is routed.
+    pub postmaster: String,
+    /// Idle time allowed between commands before `421 4.4.2` and close.
+    #[serde(
+        deserialize_with = "duration::deserialize",
+        serialize_with = "duration::serialize"
+    )]
+    pub command_timeout: Duration,
+    /// Idle time allowed between reads of message content.
+    #[serde(
+        deserialize_with = "duration::deserialize",
+        serialize_with = "duration::serialize"
+    )]
+    pub data_timeout: Duration,
+    /// On SIGTERM/SIGINT: how long open sessions may go on before they get `421` and close.
+    #[serde(
+        deserialize_with = "duration::deserialize",
+        serialize_with = "duration::serialize"
+    )]
+    pub shutdown_grace: Duration,
+    /// Open sessions per shard; one more gets `421 4.7.0` at the greeting.
+    pub max_connections: u32,
+    /// Open sessions from one client IP address, per shard.
+    pub max_connections_per_ip: u32,
+    /// Errors (syntax, sequence, policy) one session may make before `421` and close.
+    pub max_errors: u32,
+    /// Longest command line accepted, in octets including CRLF.
+    pub command_line_bytes_max: usize,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            hostname: "localhost".into(),
+            postmaster: "postmaster@localhost".into(),
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            shutdown_grace: Duration::from_secs(10),
+            max_connections: 10_000,
+            max_connections_per_ip: 200,
+            max_errors: 10,
+            command_line_bytes_max: COMMAND_LINE_BYTES_MIN,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenKind {
+    Smtp,
+    Submission,
+    Smtps,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    #[serde(default = "default_listen_kind")]
+    pub kind: ListenKind,
+}
+
+fn default_listen_kind() -> ListenKind {
+    ListenKind::Smtp
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Vrfy {
+    Off,
+    On,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expn {
+    Off,
+    Trusted,
+    On,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// Domains accepted from anyone. A leading dot (".example.test") matches subdomains.
+    pub relay_domains: Vec<String>,
+    /// Clients that may relay to any domain; also the trusted clients for ETRN and
+    /// `expn = "trusted"`.
+    pub relay_networks: Vec<Cidr>,
+    pub max_message_bytes: u64,
+    pub max_recipients: u32,
+    /// More `Received:` headers than this is a mail loop: `554 5.4.6`.
+    pub max_hops: u32,
+    pub vrfy: Vrfy,
+    pub expn: Expn,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            relay_domains: Vec::new(),
+            relay_networks: vec![Cidr::parse("127.0.0.0/8").expect("valid literal")],
+            max_message_bytes: 26_214_400,
+            max_recipients: 1000,
+            max_hops: 100,
+            vrfy: Vrfy::Off,
+            expn: Expn::Off,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardMode {
+    Forward,
+    Moved,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Forward {
+    pub from: String,
+    pub to: String,
+    #[serde(default = "default_forward_mode")]
+    pub mode: ForwardMode,
+}
+
+fn default_forward_mode() -> ForwardMode {
+    ForwardMode::Forward
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct List {
+    pub address: String,
+    pub members: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Queue {
+    pub dir: PathBuf,
+    /// A segment file is closed and a new one started past this size.
+    pub segment_bytes: u64,
+    /// How long the committer waits for more appends before writing a batch. Zero means
+    /// natural group commit: whatever arrived while the previous sync ran goes together.
+    #[serde(
+        deserialize_with = "duration::deserialize",
+        serialize_with = "duration::serialize"
+    )]
+    pub commit_window: Duration,
+    /// Largest batch written with one write and one fdatasync.
+    pub commit_bytes_max: usize,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue {
+            dir: PathBuf::from("./ringpost-queue"),
+            segment_bytes: 64 * 1024 * 1024,
+            commit_window: Duration::ZERO,
+            commit_bytes_max: 4 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Delivery {
+    /// DNS servers for MX lookups; empty means those of /etc/resolv.conf.
+    pub dns: Vec<SocketAddr>,
+    pub port: u16,
+    #[serde(
+        deserialize_with = "duration::deserialize",
+        serialize_with = "duration::serialize"
+    )]
+    pub retry_initial: Duration,
+    #[serde(
+        deserialize_with = "duration::deserialize",
+        serialize_with = "duration::serialize"
+    )]
+    pub retry_max: Duration,
+    #[serde(
+        deserialize_with = "duration::deserialize",
+        serialize_with = "duration::serialize"
+    )]
+    pub max_age: Duration,
+    pub max_connections_per_host: u32,
+    pub max_messages_per_connection: u32,
+    pub max_recipients_per_transaction: u32,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery {
+            dns: Vec::new(),
+            port: 25,
+            retry_initial: Duration::from_secs(300),
+            retry_max: Duration::from_secs(3600),
+            max_age: Duration::from_secs(5 * 86400),
+            max_connections_per_host: 16,
+            max_messages_per_connection: 1000,
+            max_recipients_per_transaction: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub domain: String,
+    pub smarthost: Option<String>,
+    pub lmtp: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    pub users_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tuning {
+    /// Number of shards; 0 means one per CPU this process may run on.
+    pub shards: usize,
+    /// CPUs to pin shards to, in shard order; empty means the allowed CPUs in order.
+    pub cpus: Vec<usize>,
+    /// Submission queue entries of each shard's io_uring.
+    pub ring_depth: usize,
+    /// Registered DMA memory per shard, for the queue log's writes.
+    pub io_memory_bytes: usize,
+    /// Per-session read buffer.
+    pub read_buffer_bytes: usize,
+    /// How long a task may run before the executor checks for other work.
+    #[serde(
+        deserialize_with = "duration::deserialize",
+        serialize_with = "duration::serialize"
+    )]
+    pub preempt_timer: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            shards: 0,
+            cpus: Vec::new(),
+            ring_depth: 128,
+            io_memory_bytes: 10 * 1024 * 1024,
+            read_buffer_bytes: READ_BUFFER_BYTES_DEFAULT,
+            preempt_timer: Duration::from_millis(10),
+        }
+    }
+}
+
+/// A configuration error: the message names the file and the key.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Loads `path`, or the embedded default when `path` is None.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Config::parse(DEFAULT_TOML, "tuning/default.toml (embedded)"),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError(format!("{}: cannot read: {e}", p.display())))?;
+                Config::parse(&text, &p.display().to_string())
+            }
+        }
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError(format!("{origin}: {}", e.to_string().trim_end())))?;
+        config
+            .validate()
+            .map_err(|e| ConfigError(format!("{origin}: {e}")))?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let s = &self.server;
+        if s.hostname.is_empty() || !crate::smtp::address::is_domain(s.hostname.as_bytes(), false) {
+            return Err(format!(
+                "[server] hostname {:?} is not a domain name",
+                s.hostname
+            ));
+        }
+        if !is_plain_address(&s.postmaster) {
+            return Err(format!(
+                "[server] postmaster {:?} is not local@domain",
+                s.postmaster
+            ));
+        }
+        for (key, v) in [
+            ("command_timeout", s.command_timeout),
+            ("data_timeout", s.data_timeout),
+        ] {
+            if v.is_zero() {
+                return Err(format!("[server] {key} must be more than zero"));
+            }
+        }
+        for (key, v) in [
+            ("max_connections", s.max_connections),
+            ("max_connections_per_ip", s.max_connections_per_ip),
+            ("max_errors", s.max_errors),
+        ] {
+            if v == 0 {
+                return Err(format!("[server] {key} must be at least 1"));
+            }
+        }
+        if !(COMMAND_LINE_BYTES_MIN..=COMMAND_LINE_BYTES_CEILING)
+            .contains(&s.command_line_bytes_max)
+        {
+            return Err(format!(
+                "[server] command_line_bytes_max must be {COMMAND_LINE_BYTES_MIN}..={COMMAND_LINE_BYTES_CEILING}"
+            ));
+        }
+        if self.listen.is_empty() {
+            return Err("no [[listen]] address: add one, e.g. addr = \"127.0.0.1:2525\"".into());
+        }
+        let mut seen = HashSet::new();
+        for l in &self.listen {
+            if !seen.insert(l.addr) {
+                return Err(format!("[[listen]] addr {} appears twice", l.addr));
+            }
+            if l.kind != ListenKind::Smtp {
+                return Err(format!(
+                    "[[listen]] {}: kind {:?} needs TLS/AUTH, which this build does not serve yet (README: Status)",
+                    l.addr, l.kind
+                ));
+            }
+        }
+        if self.tls.is_some() {
+            return Err("[tls]: STARTTLS is not served by this build yet (README: Status)".into());
+        }
+        if self.auth.is_some() {
+            return Err(
+                "[auth]: SMTP AUTH is not served by this build yet (README: Status)".into(),
+            );
+        }
+        if self.admin.is_some() {
+            return Err(
+                "[admin]: the admin endpoint is not served by this build yet (README: Status)"
+                    .into(),
+            );
+        }
+        self.validate_policy()?;
+        self.validate_queue()?;
+        self.validate_delivery()?;
+        self.validate_tuning()
+    }
+
+    fn validate_policy(&self) -> Result<(), String> {
+        let p = &self.policy;
+        for d in &p.relay_domains {
+            let bare = d.strip_prefix('.').unwrap_or(d);
+            if !crate::smtp::address::is_domain(bare.as_bytes(), true) {
+                return Err(format!("[policy] relay_domains: {d:?} is not a domain"));
+            }
+        }
+        if p.max_message_bytes == 0 || p.max_recipients == 0 || p.max_hops == 0 {
+            return Err(
+                "[policy] max_message_bytes, max_recipients and max_hops must be at least 1".into(),
+            );
+        }
+        let mut addresses = HashSet::new();
+        for f in &self.forward {
+            for (key, a) in [("from", &f.from), ("to", &f.to)] {
+                if !is_plain_address(a) {
+                    return Err(format!("[[forward]] {key} = {a:?} is not local@domain"));
+                }
+            }
+            if !addresses.insert(f.from.to_ascii_lowercase()) {
+                return Err(format!("[[forward]] from = {:?} appears twice", f.from));
+            }
+        }
+        for l in &self.list {
+            if !is_plain_address(&l.address) {
+                return Err(format!(
+                    "[[list]] address = {:?} is not local@domain",
+                    l.address
+                ));
+            }
+            if !addresses.insert(l.address.to_ascii_lowercase()) {
+                return Err(format!(
+                    "[[list]] address = {:?} is also a forward or another list",
+                    l.address
+                ));
+            }
+            if l.members.is_empty() {
+                return Err(format!("[[list]] {:?} has no members", l.address));
+            }
+            if let Some(m) = l.members.iter().find(|m| !is_plain_address(m)) {
+                return Err(format!(
+                    "[[list]] {:?}: member {m:?} is not local@domain",
+                    l.address
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_queue(&self) -> Result<(), String> {
+        let q = &self.queue;
+        if q.dir.as_os_str().is_empty() {
+            return Err("[queue] dir is empty".into());
+        }
+        if q.segment_bytes < 1024 * 1024 {
+            return Err("[queue] segment_bytes must be at least 1048576 (1 MiB)".into());
+        }
+        if q.commit_bytes_max < 64 * 1024 {
+            return Err("[queue] commit_bytes_max must be at least 65536".into());
+        }
+        if q.commit_window > Duration::from_millis(100) {
+            return Err(
+                "[queue] commit_window above 100ms only adds latency; use at most \"100ms\"".into(),
+            );
+        }
+        Ok(())
+    }
+
+    fn validate_delivery(&self) -> Result<(), String> {
+        let d = &self.delivery;
+        if d.retry_initial.is_zero() || d.retry_max < d.retry_initial {
+            return Err("[delivery] retry_initial must be > 0 and at most retry_max".into());
+        }
+        if d.max_connections_per_host == 0
+            || d.max_messages_per_connection == 0
+            || d.max_recipients_per_transaction == 0
+        {
+            return Err(
+                "[delivery] connection, message and recipient limits must be at least 1".into(),
+            );
+        }
+        for r in &self.route {
+            if r.smarthost.is_some() == r.lmtp.is_some() {
+                return Err(format!(
+                    "[[route]] {:?}: set exactly one of smarthost or lmtp",
+                    r.domain
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_tuning(&self) -> Result<(), String> {
+        let t = &self.tuning;
+        if !t.cpus.is_empty() && t.shards > t.cpus.len() {
+            return Err(format!(
+                "[tuning] shards = {} but only {} cpus listed",
+                t.shards,
+                t.cpus.len()
+            ));
+        }
+        let min = READ_BUFFER_LINES_MIN * self.server.command_line_bytes_max;
+        if t.read_buffer_bytes < min {
+            return Err(format!("[tuning] read_buffer_bytes must be at least {min} (twice [server] command_line_bytes_max)"));
+        }
+        if t.ring_depth < 8 || !t.ring_depth.is_power_of_two() {
+            return Err("[tuning] ring_depth must be a power of two, at least 8".into());
+        }
+        Ok(())
+    }
+
+    /// The effective configuration, defaults filled in, as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
+    }
+
+    /// The CPUs the shards run on, one per shard, in shard order.
+    pub fn shard_cpus(&self, allowed: &[usize]) -> Result<Vec<usize>, ConfigError> {
+        let t = &self.tuning;
+        let pool: Vec<usize> = if t.cpus.is_empty() {
+            allowed.to_vec()
+        } else {
+            t.cpus.clone()
+        };
+        if let Some(bad) = pool.iter().find(|c| !allowed.contains(c)) {
+            return Err(ConfigError(format!(
+                "[tuning] cpus: cpu {bad} is not available to this process (allowed: {allowed:?})"
+            )));
+        }
+        let n = if t.shards == 0 { pool.len() } else { t.shards };
+        if n == 0 {
+            return Err(ConfigError("no CPU available to run a shard".into()));
+        }
+        // More shards than CPUs is allowed (useful on small machines for testing); they
+        // share cores round-robin.
+        Ok((0..n).map(|i| pool[i % pool.len()]).collect())
+    }
+}
+
+/// `local@domain` with a dot-atom local part: what forward/list/postmaster entries hold.
+pub fn is_plain_address(a: &str) -> bool {
+    match a.rsplit_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && local.split('.').all(|atom| {
+                    !atom.is_empty() && atom.bytes().all(crate::smtp::address::is_atext)
+                })
+                && crate::smtp::address::is_domain(domain.as_bytes(), true)
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::load(None).unwrap();
+        assert_eq!(c.listen[0].addr, "127.0.0.1:2525".parse().unwrap());
+        assert_eq!(c.queue.dir, PathBuf::from("./ringpost-queue"));
+        assert_eq!(c.tuning.shards, 0);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse(
+            "[[listen]]\naddr = \"127.0.0.1:25\"\n[policy]\nrelay_domain = []\n",
+            "t.toml",
+        )
+        .unwrap_err();
+        assert!(e.0.contains("relay_domain"), "{e}");
+        assert!(e.0.contains("t.toml"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let base = "[[listen]]\naddr = \"127.0.0.1:25\"\n";
+        for (extra, key) in [
+            ("[server]\ncommand_timeout = \"5\"\n", "command_timeout"),
+            (
+                "[policy]\nrelay_networks = [\"10.0.0.1/8\"]\n",
+                "10.0.0.1/8",
+            ),
+            ("[server]\nmax_errors = 0\n", "max_errors"),
+            ("[[forward]]\nfrom = \"a\"\nto = \"b@c.test\"\n", "from"),
+            ("[tuning]\nshards = 3\ncpus = [0]\n", "shards"),
+        ] {
+            let e = Config::parse(&format!("{base}{extra}"), "t.toml").unwrap_err();
+            assert!(e.0.contains(key), "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn shard_cpus() {
+        let mut c = Config::load(None).unwrap();
+        assert_eq!(c.shard_cpus(&[0, 1]).unwrap(), vec![0, 1]);
+        c.tuning.shards = 3;
+        assert_eq!(c.shard_cpus(&[0, 1]).unwrap(), vec![0, 1, 0]);
+        c.tuning.cpus = vec![5];
+        assert!(c.shard_cpus(&[0, 1]).is_err());
+    }
+}

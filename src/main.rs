@@ -1,0 +1,355 @@
+//! The `ringpost` command: `serve`, `check-config`, `queue`.
+
+use clap::{Parser, Subcommand};
+use ringpost::config::Config;
+use ringpost::queue::{index::RcptState, recovery};
+use ringpost::shard::{self, Startup};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Exit code for a configuration error (a bad file, a bad key, a bad value).
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "ringpost",
+    version,
+    about = "A thread-per-core SMTP relay on io_uring"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the relay in the foreground; SIGTERM or SIGINT drains and exits 0.
+    Serve {
+        /// Config file; without it, the embedded tuning/default.toml.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and print the effective configuration.
+    CheckConfig {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Inspect the queue (reads the queue directory; safe while the server runs).
+    Queue {
+        #[command(subcommand)]
+        action: QueueCmd,
+        /// Config file naming the queue directory.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// The queue directory itself (instead of --config).
+        #[arg(long, global = true)]
+        queue_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCmd {
+    /// One line per queued message: id, age, size, state, sender, recipients.
+    List,
+    /// Envelope and per-recipient state of one message; --body prints its content.
+    Show {
+        id: String,
+        #[arg(long)]
+        body: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    install_logger();
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Serve { config } => serve(config.as_deref()),
+        Cmd::CheckConfig { config } => match Config::load(config.as_deref()) {
+            Ok(c) => {
+                print!("{}", c.to_toml());
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_error(&e),
+        },
+        Cmd::Queue {
+            action,
+            config,
+            queue_dir,
+        } => {
+            let dir = match queue_dir {
+                Some(d) => d,
+                None => match Config::load(config.as_deref()) {
+                    Ok(c) => c.queue.dir,
+                    Err(e) => return config_error(&e),
+                },
+            };
+            match queue(&dir, action) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("ringpost: queue {}: {e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn config_error(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("ringpost: config error: {e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn serve(path: Option<&Path>) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    let cpus = match config.shard_cpus(&allowed_cpus()) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    if let Err(e) = std::fs::create_dir_all(&config.queue.dir) {
+        eprintln!(
+            "ringpost: cannot create queue dir {}: {e}",
+            config.queue.dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&shutdown)) {
+            eprintln!("ringpost: cannot install signal handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let config = Arc::new(config);
+    let listeners: Vec<String> = config
+        .listen
+        .iter()
+        .map(|l| format!("{} ({:?})", l.addr, l.kind).to_lowercase())
+        .collect();
+    let result = shard::run(
+        Arc::clone(&config),
+        cpus.clone(),
+        Arc::clone(&shutdown),
+        |startups| {
+            for s in startups {
+                if let Startup::Ready { shard, cpu, report } = s {
+                    eprintln!(
+                    "ringpost: shard {shard} on cpu {cpu}: recovered {} live messages from {} segments ({} bytes, {} message and {} outcome records), deleted {} finished segments",
+                    report.live_messages, report.segments, report.bytes, report.message_records, report.outcome_records, report.deleted_segments
+                );
+                    for t in &report.torn {
+                        eprintln!(
+                        "ringpost: shard {shard}: {} at offset {}: {}; the last {} bytes were not acknowledged and are ignored",
+                        t.path.display(), t.offset, t.error, t.ignored_bytes
+                    );
+                    }
+                }
+            }
+            println!(
+                "ringpost: ready: {} shards on cpus {:?}; listening on {}; queue in {}",
+                cpus.len(),
+                cpus,
+                listeners.join(", "),
+                config.queue.dir.display()
+            );
+            let _ = std::io::stdout().flush();
+        },
+    );
+    match result {
+        Ok(finished) => {
+            for f in finished {
+                let l = f.log;
+                let avg = if l.commits > 0 {
+                    l.records as f64 / l.commits as f64
+                } else {
+                    0.0
+                };
+                eprintln!(
+                    "ringpost: shard {}: {} commits, {} records ({avg:.1} per commit), {} bytes, {} failed",
+                    f.shard, l.commits, l.records, l.bytes, l.failed_commits
+                );
+            }
+            eprintln!("ringpost: stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringpost: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The CPUs this process may run on (its affinity mask), in order.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+                .filter(|&c| libc::CPU_ISSET(c, &set))
+                .collect();
+            if !cpus.is_empty() {
+                return cpus;
+            }
+        }
+    }
+    (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+}
+
+fn queue(dir: &Path, action: QueueCmd) -> std::io::Result<ExitCode> {
+    let dirs: Vec<PathBuf> = recovery::shard_dirs(dir)?
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    let recovered = recovery::recover(&dirs, false)?;
+    let now = ringpost::time::unix_micros();
+    let mut entries: Vec<_> = recovered.index.live().collect();
+    entries.sort_by_key(|e| (e.message.arrival_micros, e.message.id));
+    let mut out = std::io::stdout().lock();
+    match action {
+        QueueCmd::List => {
+            writeln!(
+                out,
+                "{:<16}  {:>8}  {:>9}  {:<8}  {:<30}  recipients",
+                "id", "age", "size", "state", "sender"
+            )?;
+            for e in &entries {
+                let m = &e.message;
+                let pending: Vec<&str> = m
+                    .envelope
+                    .recipients
+                    .iter()
+                    .zip(&e.rcpt_states)
+                    .filter(|(_, s)| !s.is_final())
+                    .map(|(r, _)| r.address.as_str())
+                    .collect();
+                let state = if e
+                    .rcpt_states
+                    .iter()
+                    .any(|s| matches!(s, RcptState::Deferred { .. }))
+                {
+                    "deferred"
+                } else {
+                    "ready"
+                };
+                let sender = if m.envelope.sender.is_empty() {
+                    "<>"
+                } else {
+                    &m.envelope.sender
+                };
+                writeln!(
+                    out,
+                    "{:<16}  {:>8}  {:>9}  {:<8}  {:<30}  {}",
+                    m.id.to_string(),
+                    age(now.saturating_sub(m.arrival_micros)),
+                    m.content_len,
+                    state,
+                    sender,
+                    pending.join(" ")
+                )?;
+            }
+            writeln!(out, "-- {} messages", entries.len())?;
+            for t in &recovered.torn {
+                writeln!(
+                    out,
+                    "-- {}: torn tail at offset {} ({})",
+                    t.path.display(),
+                    t.offset,
+                    t.error
+                )?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueCmd::Show { id, body } => {
+            let Some(e) =
+                ringpost::queue::record::QueueId::parse(&id).and_then(|id| recovered.index.get(id))
+            else {
+                eprintln!("ringpost: no queued message {id}");
+                return Ok(ExitCode::FAILURE);
+            };
+            let m = &e.message;
+            writeln!(
+                out,
+                "id: {}\narrival: {}\nclient: {} ({})",
+                m.id,
+                ringpost::time::rfc5322(m.arrival_micros / 1_000_000),
+                m.client,
+                m.helo
+            )?;
+            writeln!(
+                out,
+                "sender: <{}>\nsize: {}",
+                m.envelope.sender, m.content_len
+            )?;
+            for (r, s) in m.envelope.recipients.iter().zip(&e.rcpt_states) {
+                writeln!(out, "recipient: <{}> {:?}", r.address, s)?;
+            }
+            if let Some(reply) = &e.last_reply {
+                writeln!(out, "last reply: {reply}")?;
+            }
+            if body {
+                let seg = &recovered.segments[e.home as usize];
+                let image = std::fs::read(seg)?;
+                let at = e.content_offset() as usize;
+                let content = image
+                    .get(at..at + m.content_len as usize)
+                    .unwrap_or_default();
+                writeln!(out)?;
+                out.write_all(content)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn age(micros: u64) -> String {
+    let s = micros / 1_000_000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+/// stderr logging for the `log` crate; level from RUST_LOG (error|warn|info|debug|trace).
+struct Logger {
+    level: log::LevelFilter,
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= self.level
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if !self.enabled(r.metadata()) {
+            return;
+        }
+        let text = r.args().to_string();
+        // glommio probes io_uring poll support on every DmaFile open and logs the (normal)
+        // failure on virtual disks as an error: it is not one.
+        if r.target().starts_with("glommio") && text.contains("iopoll") {
+            return;
+        }
+        eprintln!("ringpost: {}: {text}", r.level().as_str().to_lowercase());
+    }
+    fn flush(&self) {}
+}
+
+fn install_logger() {
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(log::LevelFilter::Info);
+    if log::set_boxed_logger(Box::new(Logger { level })).is_ok() {
+        log::set_max_level(level);
+    }
+}

@@ -1,0 +1,3 @@
+//! Sockets: the inbound SMTP listeners and connections of one shard.
+
+pub mod inbound;

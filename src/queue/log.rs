@@ -1,0 +1,431 @@
+//! One shard's append-only queue log with group commit.
+//!
+//! Sessions append encoded records to a staging buffer and get a ticket. One committer
+//! task per shard takes everything staged, writes it with O_DIRECT into the current
+//! segment (one aligned write per `commit_bytes_max`), runs one `fdatasync`, then
+//! completes the ticket of every record in the batch. While a sync is in flight, new
+//! appends pile up for the next one: under load the fsync cost is shared by the whole
+//! batch, and at low load nobody waits for a timer. A session answers 250 only once its
+//! ticket completes, so a 250 always means "on disk".
+
+use super::index::{Index, SegId};
+use super::record::{self, NewMessage, Outcome, QueueId, StoredMessage, PAD_ALIGN_BYTES};
+use super::recovery::{self, Recovered};
+use crate::shard::local::{Latch, Signal};
+use crate::smtp::session::StoreError;
+use glommio::io::{DmaFile, OpenOptions};
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub segment_bytes: u64,
+    pub commit_window: Duration,
+    pub commit_bytes_max: usize,
+}
+
+/// Completes with the result of the commit that carried the record.
+pub type Ticket = Rc<Latch<Result<(), StoreError>>>;
+
+/// Counters for the operator (and the benchmark figures).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LogStats {
+    pub commits: u64,
+    pub records: u64,
+    pub bytes: u64,
+    pub sync_micros: u64,
+    pub failed_commits: u64,
+}
+
+struct Active {
+    seg: SegId,
+    file: Rc<DmaFile>,
+    pos: u64,
+}
+
+struct State {
+    staging: Vec<u8>,
+    spare: Vec<u8>,
+    ticket: Ticket,
+    /// Messages staged: offset in `staging` and what the index will hold.
+    new_messages: Vec<(usize, StoredMessage)>,
+    new_outcomes: Vec<Outcome>,
+    staged_records: u64,
+    active: Option<Active>,
+    /// SegId -> file path.
+    segments: Vec<PathBuf>,
+    index: Index,
+    next_number: u64,
+    stats: LogStats,
+}
+
+pub struct Log {
+    shard: usize,
+    dir: PathBuf,
+    settings: LogSettings,
+    st: RefCell<State>,
+    kick: Signal,
+    closing: Cell<bool>,
+    closed: Rc<Latch<()>>,
+    next_counter: Cell<u64>,
+}
+
+/// What recovery found, for the start-up report.
+#[derive(Debug)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    pub live_messages: usize,
+    pub message_records: u64,
+    pub outcome_records: u64,
+    pub bytes: u64,
+    pub torn: Vec<recovery::TornTail>,
+    pub deleted_segments: usize,
+}
+
+impl Log {
+    /// Recovers the shard's directories (its own first, then any it adopts) and prepares
+    /// to append to a new segment in its own directory. Blocking; call before serving.
+    pub fn open(
+        shard: usize,
+        dirs: &[PathBuf],
+        settings: LogSettings,
+    ) -> io::Result<(Log, RecoveryReport)> {
+        let own = dirs
+            .first()
+            .ok_or_else(|| io::Error::other("no queue directory"))?
+            .clone();
+        std::fs::create_dir_all(&own)?;
+        let before: usize = dirs
+            .iter()
+            .map(|d| recovery::segments_in(d).map_or(0, |s| s.len()))
+            .sum();
+        let Recovered {
+            index,
+            segments,
+            max_number,
+            message_records,
+            outcome_records,
+            bytes,
+            torn,
+        } = recovery::recover(dirs, true)?;
+        let live: usize = index.len();
+        let report = RecoveryReport {
+            segments: before,
+            live_messages: live,
+            message_records,
+            outcome_records,
+            bytes,
+            torn,
+            deleted_segments: before - index.segments().count(),
+        };
+        let counter = crate::time::unix_micros().max(index.max_counter(shard) + 1);
+        let log = Log {
+            shard,
+            dir: own,
+            settings,
+            st: RefCell::new(State {
+                staging: Vec::new(),
+                spare: Vec::new(),
+                ticket: Ticket::default(),
+                new_messages: Vec::new(),
+                new_outcomes: Vec::new(),
+                staged_records: 0,
+                active: None,
+                segments,
+                index,
+                next_number: max_number + 1,
+                stats: LogStats::default(),
+            }),
+            kick: Signal::default(),
+            closing: Cell::new(false),
+            closed: Rc::default(),
+            next_counter: Cell::new(counter),
+        };
+        Ok((log, report))
+    }
+
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+
+    pub fn next_id(&self) -> QueueId {
+        let c = self.next_counter.get();
+        self.next_counter.set(c + 1);
+        QueueId::new(self.shard, c)
+    }
+
+    /// Stages a message record; the ticket completes when it is on disk.
+    pub fn append_message(&self, m: &NewMessage<'_>) -> Ticket {
+        let mut st = self.st.borrow_mut();
+        let start = record::encode_message(&mut st.staging, m);
+        let content_len = (m.received.len() + m.content.len()) as u64;
+        let record_len = st.staging.len() - start;
+        let stored = StoredMessage {
+            id: m.id,
+            arrival_micros: m.arrival_micros,
+            client: m.client.to_string(),
+            helo: m.helo.to_string(),
+            envelope: m.envelope.clone(),
+            content_at: record_len - content_len as usize,
+            content_len,
+        };
+        st.new_messages.push((start, stored));
+        self.staged(st)
+    }
+
+    /// Stages an outcome record; the index changes only once it is on disk.
+    pub fn append_outcome(&self, o: Outcome) -> Ticket {
+        let mut st = self.st.borrow_mut();
+        record::encode_outcome(&mut st.staging, &o);
+        st.new_outcomes.push(o);
+        self.staged(st)
+    }
+
+    fn staged(&self, mut st: std::cell::RefMut<'_, State>) -> Ticket {
+        st.staged_records += 1;
+        let ticket = Rc::clone(&st.ticket);
+        drop(st);
+        self.kick.raise();
+        ticket
+    }
+
+    pub fn with_index<R>(&self, f: impl FnOnce(&Index) -> R) -> R {
+        f(&self.st.borrow().index)
+    }
+
+    pub fn stats(&self) -> LogStats {
+        self.st.borrow().stats
+    }
+
+    /// Commits until [`Log::close`] is called and everything staged is on disk.
+    pub async fn run_committer(self: Rc<Self>) {
+        loop {
+            let empty = self.st.borrow().staging.is_empty();
+            if empty {
+                if self.closing.get() {
+                    break;
+                }
+                self.kick.wait().await;
+                continue;
+            }
+            if !self.settings.commit_window.is_zero() && !self.closing.get() {
+                glommio::timer::sleep(self.settings.commit_window).await;
+            }
+            self.commit_once().await;
+        }
+        if let Some(active) = self.st.borrow_mut().active.take() {
+            drop(active.file);
+        }
+        self.closed.set(());
+    }
+
+    /// Stops accepting more work after what is staged, and waits until it is on disk.
+    pub async fn close(&self) {
+        self.closing.set(true);
+        self.kick.raise();
+        self.closed.wait().await;
+    }
+
+    async fn commit_once(&self) {
+        let (mut bytes, ticket, messages, outcomes, records) = {
+            let mut st = self.st.borrow_mut();
+            let spare = std::mem::take(&mut st.spare);
+            let bytes = std::mem::replace(&mut st.staging, spare);
+            let ticket = std::mem::take(&mut st.ticket);
+            let records = std::mem::take(&mut st.staged_records);
+            (
+                bytes,
+                ticket,
+                std::mem::take(&mut st.new_messages),
+                std::mem::take(&mut st.new_outcomes),
+                records,
+            )
+        };
+        record::pad_to(&mut bytes, PAD_ALIGN_BYTES);
+        let started = std::time::Instant::now();
+        let result = self.write_and_sync(&bytes).await;
+        let finished = match result {
+            Ok((seg, base)) => {
+                let mut st = self.st.borrow_mut();
+                st.stats.commits += 1;
+                st.stats.records += records;
+                st.stats.bytes += bytes.len() as u64;
+                st.stats.sync_micros += started.elapsed().as_micros() as u64;
+                for (offset, m) in messages {
+                    st.index.insert(m, seg, base + offset as u64);
+                }
+                let mut finished = false;
+                for o in &outcomes {
+                    finished |= st.index.apply(o, seg);
+                }
+                drop(st);
+                ticket.set(Ok(()));
+                finished
+            }
+            Err(e) => {
+                {
+                    let mut st = self.st.borrow_mut();
+                    st.stats.failed_commits += 1;
+                    // Whatever reached the segment is not trusted: start a new one.
+                    st.active = None;
+                }
+                log::error!("shard {}: queue commit failed: {e}", self.shard);
+                ticket.set(Err(classify(&e)));
+                false
+            }
+        };
+        if finished {
+            self.delete_finished_segments().await;
+        }
+        bytes.clear();
+        self.st.borrow_mut().spare = bytes;
+    }
+
+    /// Writes one padded batch at the end of the current segment and syncs it.
+    async fn write_and_sync(&self, bytes: &[u8]) -> io::Result<(SegId, u64)> {
+        let (file, seg, base) = self.segment_for(bytes.len() as u64).await?;
+        let align = file.alignment() as usize;
+        // Chunks are whole multiples of the alignment; the batch itself is padded to 512,
+        // so the last chunk is topped up with zeros to the device's alignment.
+        let chunk_max = (self.settings.commit_bytes_max / align).max(1) * align;
+        let mut written = 0usize;
+        while written < bytes.len() {
+            let n = chunk_max.min(bytes.len() - written);
+            let aligned = n.div_ceil(align) * align;
+            let mut buf = file.alloc_dma_buffer(aligned);
+            let dst = buf.as_bytes_mut();
+            dst[..n].copy_from_slice(&bytes[written..written + n]);
+            dst[n..].fill(0);
+            let w = file
+                .write_at(buf, base + written as u64)
+                .await
+                .map_err(io::Error::from)?;
+            if w != aligned {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "short write to the queue log",
+                ));
+            }
+            written += n;
+        }
+        file.fdatasync().await.map_err(io::Error::from)?;
+        let end = base + (bytes.len().div_ceil(align) * align) as u64;
+        if let Some(a) = self.st.borrow_mut().active.as_mut() {
+            a.pos = end;
+        }
+        Ok((seg, base))
+    }
+
+    /// The segment to write `len` more octets to: the current one, or a new one when it
+    /// would grow past `segment_bytes`.
+    async fn segment_for(&self, len: u64) -> io::Result<(Rc<DmaFile>, SegId, u64)> {
+        {
+            let st = self.st.borrow();
+            if let Some(a) = &st.active {
+                if a.pos == 0 || a.pos + len <= self.settings.segment_bytes {
+                    return Ok((Rc::clone(&a.file), a.seg, a.pos));
+                }
+            }
+        }
+        let (number, path) = {
+            let mut st = self.st.borrow_mut();
+            let n = st.next_number;
+            st.next_number += 1;
+            (n, self.dir.join(recovery::segment_name(n)))
+        };
+        let file = create_segment(&self.dir, &path, self.settings.segment_bytes).await?;
+        let file = Rc::new(file);
+        let seg = {
+            let mut st = self.st.borrow_mut();
+            let seg = st.segments.len() as SegId;
+            st.segments.push(path);
+            st.index.set_active(Some(seg));
+            st.active = Some(Active {
+                seg,
+                file: Rc::clone(&file),
+                pos: 0,
+            });
+            seg
+        };
+        log::debug!("shard {}: new queue segment {number}", self.shard);
+        // The previous segment may have nothing live left.
+        self.delete_finished_segments().await;
+        Ok((file, seg, 0))
+    }
+
+    async fn delete_finished_segments(&self) {
+        let paths: Vec<PathBuf> = {
+            let mut st = self.st.borrow_mut();
+            let gone = st.index.collect_garbage();
+            gone.iter()
+                .map(|&s| st.segments[s as usize].clone())
+                .collect()
+        };
+        if paths.is_empty() {
+            return;
+        }
+        for p in &paths {
+            if let Err(e) = glommio::io::remove(p).await {
+                log::warn!(
+                    "shard {}: cannot delete finished segment {}: {e}",
+                    self.shard,
+                    p.display()
+                );
+            }
+        }
+        if let Err(e) = sync_dir(&self.dir).await {
+            log::warn!(
+                "shard {}: cannot sync {}: {e}",
+                self.shard,
+                self.dir.display()
+            );
+        }
+    }
+}
+
+async fn create_segment(dir: &Path, path: &Path, segment_bytes: u64) -> io::Result<DmaFile> {
+    let file = OpenOptions::new()
+        .write(true)
+        .read(true)
+        .create_new(true)
+        .dma_open(path)
+        .await
+        .map_err(io::Error::from)?;
+    // Reserve the whole segment now, so that a full disk shows here (452) rather than
+    // in the middle of a commit, and the file is not fragmented.
+    if let Err(e) = file
+        .pre_allocate(segment_bytes, true)
+        .await
+        .map_err(io::Error::from)
+    {
+        let _ = file.close().await;
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    // The new directory entry must be durable before any record in it is acknowledged.
+    sync_dir(dir).await?;
+    Ok(file)
+}
+
+/// fsync of a directory on the shard's blocking-thread pool: it is rare (segment create
+/// and delete) and io_uring has no directory open that glommio exposes reliably.
+async fn sync_dir(dir: &Path) -> io::Result<()> {
+    let dir = dir.to_path_buf();
+    glommio::executor()
+        .spawn_blocking(move || recovery::sync_dir(&dir))
+        .await
+}
+
+/// Disk full (or over quota) is 452; any other failure 451.
+fn classify(e: &io::Error) -> StoreError {
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    match e.raw_os_error() {
+        Some(ENOSPC | EDQUOT) => StoreError::NoSpace,
+        _ if e.kind() == io::ErrorKind::StorageFull => StoreError::NoSpace,
+        _ => StoreError::Io,
+    }
+}

@@ -1,0 +1,257 @@
+//! Shards: one glommio executor per core, each with its own io_uring ring, its own
+//! listeners (SO_REUSEPORT), its own queue log and its own sessions. Nothing on the data
+//! path is shared between shards; the only cross-thread state is the shutdown flag.
+
+pub mod local;
+
+use crate::config::Config;
+use crate::net::inbound;
+use crate::queue::log::{Log, LogSettings, LogStats, RecoveryReport};
+use crate::queue::recovery;
+use crate::smtp::session::SessionConfig;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use local::{Latch, Signal};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+/// How often a shard looks at the process-wide shutdown flag. Signals arrive on another
+/// thread; polling a flag this rarely costs nothing and needs no cross-thread waker.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(20);
+/// After the grace period, how long sessions get to write their 421 and go.
+const CLOSE_AFTER_GRACE: Duration = Duration::from_secs(2);
+
+/// Connection limits and timeouts, copied out of the config once.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: u32,
+    pub max_connections_per_ip: u32,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub read_buffer_bytes: usize,
+}
+
+/// One shard's state, owned by its executor thread.
+pub struct Shard {
+    pub id: usize,
+    pub session: SessionConfig,
+    pub limits: Limits,
+    pub log: Rc<Log>,
+    pub connections: Cell<u32>,
+    pub per_ip: RefCell<HashMap<IpAddr, u32>>,
+    pub connection_closed: Signal,
+    /// Set when shutdown begins: stop accepting; idle sessions say 421 and go.
+    pub drain_started: Rc<Latch<()>>,
+    /// Set when the grace period is over: every session says 421 and goes.
+    pub grace_over: Rc<Latch<()>>,
+}
+
+/// What a shard tells the main thread once it is serving (or why it could not start).
+pub enum Startup {
+    Ready {
+        shard: usize,
+        cpu: usize,
+        report: RecoveryReport,
+    },
+    Failed {
+        shard: usize,
+        error: String,
+    },
+}
+
+/// A shard's final word, for the exit report.
+pub struct Finished {
+    pub shard: usize,
+    pub log: LogStats,
+}
+
+/// The directories shard `k` of `n` recovers: its own, then those of shards that no
+/// longer exist (a smaller `shards` than last run), spread by K mod n.
+pub fn owned_dirs(
+    queue_dir: &std::path::Path,
+    k: usize,
+    n: usize,
+) -> std::io::Result<Vec<PathBuf>> {
+    let mut dirs = vec![recovery::shard_dir(queue_dir, k)];
+    for (other, path) in recovery::shard_dirs(queue_dir)? {
+        if other >= n && other % n == k {
+            dirs.push(path);
+        }
+    }
+    Ok(dirs)
+}
+
+/// Starts every shard, waits until all serve (or one fails), then runs until `shutdown`
+/// is set and every shard has drained. Returns each shard's final stats.
+pub fn run(
+    config: Arc<Config>,
+    cpus: Vec<usize>,
+    shutdown: Arc<AtomicBool>,
+    on_ready: impl FnOnce(&[Startup]),
+) -> Result<Vec<Finished>, String> {
+    let n = cpus.len();
+    let (tx, rx) = mpsc::channel();
+    let mut handles = Vec::with_capacity(n);
+    for (k, &cpu) in cpus.iter().enumerate() {
+        let config = Arc::clone(&config);
+        let shutdown = Arc::clone(&shutdown);
+        let tx = tx.clone();
+        let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("shard-{k}"))
+            .ring_depth(config.tuning.ring_depth)
+            .io_memory(config.tuning.io_memory_bytes)
+            .preempt_timer(config.tuning.preempt_timer);
+        let handle = builder
+            .spawn(move || async move { shard_main(k, n, cpu, config, shutdown, tx).await })
+            .map_err(|e| format!("shard {k}: cannot start an executor on cpu {cpu}: {e}"))?;
+        handles.push(handle);
+    }
+    drop(tx);
+    let mut startups: Vec<Startup> = Vec::with_capacity(n);
+    for _ in 0..n {
+        match rx.recv() {
+            Ok(s) => startups.push(s),
+            Err(_) => break,
+        }
+    }
+    let failed: Vec<String> = startups
+        .iter()
+        .filter_map(|s| match s {
+            Startup::Failed { shard, error } => Some(format!("shard {shard}: {error}")),
+            Startup::Ready { .. } => None,
+        })
+        .collect();
+    if !failed.is_empty() || startups.len() < n {
+        shutdown.store(true, Ordering::SeqCst);
+        for h in handles {
+            let _ = h.join();
+        }
+        if failed.is_empty() {
+            return Err("a shard exited during start-up".into());
+        }
+        return Err(failed.join("; "));
+    }
+    startups.sort_by_key(|s| match s {
+        Startup::Ready { shard, .. } | Startup::Failed { shard, .. } => *shard,
+    });
+    on_ready(&startups);
+    let mut finished = Vec::with_capacity(n);
+    for (k, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Some(f)) => finished.push(f),
+            Ok(None) => {}
+            Err(e) => return Err(format!("shard {k} failed: {e}")),
+        }
+    }
+    Ok(finished)
+}
+
+async fn shard_main(
+    k: usize,
+    n: usize,
+    cpu: usize,
+    config: Arc<Config>,
+    shutdown: Arc<AtomicBool>,
+    tx: mpsc::Sender<Startup>,
+) -> Option<Finished> {
+    let fail = |error: String| {
+        let _ = tx.send(Startup::Failed { shard: k, error });
+        None
+    };
+    let dirs = match owned_dirs(&config.queue.dir, k, n) {
+        Ok(d) => d,
+        Err(e) => return fail(format!("queue dir {}: {e}", config.queue.dir.display())),
+    };
+    let settings = LogSettings {
+        segment_bytes: config.queue.segment_bytes,
+        commit_window: config.queue.commit_window,
+        commit_bytes_max: config.queue.commit_bytes_max,
+    };
+    let (log, report) = match Log::open(k, &dirs, settings) {
+        Ok(x) => x,
+        Err(e) => return fail(format!("queue recovery in {}: {e}", dirs[0].display())),
+    };
+    let mut listeners = Vec::new();
+    for l in &config.listen {
+        match TcpListener::bind(l.addr) {
+            Ok(listener) => listeners.push(listener),
+            Err(e) => return fail(format!("cannot listen on {}: {e}", l.addr)),
+        }
+    }
+    let log = Rc::new(log);
+    let committer = glommio::spawn_local(Rc::clone(&log).run_committer());
+    let s = &config.server;
+    let shard = Rc::new(Shard {
+        id: k,
+        session: SessionConfig::from_config(&config),
+        limits: Limits {
+            max_connections: s.max_connections,
+            max_connections_per_ip: s.max_connections_per_ip,
+            command_timeout: s.command_timeout,
+            data_timeout: s.data_timeout,
+            shutdown_grace: s.shutdown_grace,
+            read_buffer_bytes: config.tuning.read_buffer_bytes,
+        },
+        log: Rc::clone(&log),
+        connections: Cell::new(0),
+        per_ip: RefCell::new(HashMap::new()),
+        connection_closed: Signal::default(),
+        drain_started: Rc::default(),
+        grace_over: Rc::default(),
+    });
+    let acceptors: Vec<_> = listeners
+        .into_iter()
+        .map(|l| glommio::spawn_local(inbound::accept_loop(Rc::clone(&shard), l)))
+        .collect();
+    let _ = tx.send(Startup::Ready {
+        shard: k,
+        cpu,
+        report,
+    });
+    drop(tx);
+
+    while !shutdown.load(Ordering::Relaxed) {
+        glommio::timer::sleep(SHUTDOWN_POLL).await;
+    }
+    drain(&shard).await;
+    for a in acceptors {
+        a.await;
+    }
+    log.close().await;
+    committer.await;
+    Some(Finished {
+        shard: k,
+        log: log.stats(),
+    })
+}
+
+/// Stops accepting, lets sessions finish their transaction within the grace period,
+/// then tells the rest 421.
+async fn drain(shard: &Rc<Shard>) {
+    shard.drain_started.set(());
+    let deadline = Instant::now() + shard.limits.shutdown_grace;
+    wait_for_sessions(shard, deadline).await;
+    shard.grace_over.set(());
+    wait_for_sessions(shard, Instant::now() + CLOSE_AFTER_GRACE).await;
+}
+
+async fn wait_for_sessions(shard: &Rc<Shard>, deadline: Instant) {
+    while shard.connections.get() > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let _ = glommio::timer::timeout(left, async {
+            shard.connection_closed.wait().await;
+            Ok(())
+        })
+        .await;
+    }
+}

@@ -1,0 +1,796 @@
+//! The inbound SMTP session: one state machine, no I/O.
+//!
+//! The connection task hands it whatever bytes arrived; it consumes every complete command
+//! (PIPELINING, RFC 2920), appends the replies to one output buffer in order, and stops
+//! early only for an [`Event`] the caller must act on: a message to store (its 250 comes
+//! from [`Session::stored`] once the queue log has synced it), ETRN, or closing.
+
+use super::address::Path;
+use super::data::{self, BareNewlineCheck, DataScanner};
+use super::parser::{self, Body, Command, Frame, MailParams, RcptParams, Ret};
+use super::policy::{Lookup, Policy};
+use crate::config::{Config, Expn, Vrfy};
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::IpAddr;
+
+/// Per-shard, read-only settings shared by every session on the shard.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub hostname: String,
+    pub postmaster: String,
+    pub max_errors: u32,
+    pub line_bytes_max: usize,
+    pub policy: Policy,
+}
+
+impl SessionConfig {
+    pub fn from_config(c: &Config) -> SessionConfig {
+        SessionConfig {
+            hostname: c.server.hostname.clone(),
+            postmaster: c.server.postmaster.clone(),
+            max_errors: c.server.max_errors,
+            line_bytes_max: c.server.command_line_bytes_max,
+            policy: Policy::from_config(c),
+        }
+    }
+}
+
+/// One queued recipient, after forward and list expansion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    pub address: String,
+    /// RFC 3461 ORCPT (`addr-type;xtext`), given by the client or set by a forward.
+    pub orcpt: Option<String>,
+    /// `parser::notify` flags, when NOTIFY was given.
+    pub notify: Option<u8>,
+}
+
+/// The envelope of the transaction in progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Envelope {
+    /// The reverse-path; empty for `<>`.
+    pub sender: String,
+    pub body: Option<Body>,
+    pub smtputf8: bool,
+    pub ret: Option<Ret>,
+    pub envid: Option<String>,
+    pub recipients: Vec<Recipient>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// Everything complete was consumed; read more.
+    NeedInput,
+    /// A whole message is ready: store it, then call [`Session::stored`].
+    Message,
+    /// A trusted client asked for the queue of [`Session::etrn_node`] to run now.
+    Etrn,
+    /// Write the replies, then close the connection.
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Command,
+    /// Skipping the rest of an overlong command line.
+    Drain,
+    Data,
+    /// Reading a BDAT chunk; `reject` is the reply for a chunk that is read and dropped.
+    Bdat {
+        remaining: u64,
+        last: bool,
+        reject: Option<&'static str>,
+    },
+    /// Waiting for [`Session::stored`].
+    Storing,
+    Closed,
+}
+
+/// Why storing a message failed; each is one reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreError {
+    /// The queue's disk is full: `452 4.3.1`.
+    NoSpace,
+    /// Any other I/O error: `451 4.3.0`.
+    Io,
+}
+
+pub struct Session<'c> {
+    cfg: &'c SessionConfig,
+    peer: IpAddr,
+    trusted: bool,
+    state: State,
+    helo: Option<String>,
+    esmtp: bool,
+    /// MAIL was accepted and the transaction is open.
+    in_tx: bool,
+    envelope: Envelope,
+    /// RCPT commands tried in this transaction (for "no valid recipients").
+    rcpt_attempts: u32,
+    /// RCPT commands accepted (for `max_recipients`).
+    rcpt_accepted: u32,
+    bdat_used: bool,
+    body: Vec<u8>,
+    scanner: DataScanner,
+    bare: BareNewlineCheck,
+    bdat_over_limit: bool,
+    errors: u32,
+    etrn_node: String,
+}
+
+const OK: &str = "250 2.0.0 Ok";
+const NEED_HELO: &str = "503 5.5.1 Error: send HELO/EHLO first";
+const NEED_MAIL: &str = "503 5.5.1 Error: need MAIL command";
+const NEED_RCPT: &str = "503 5.5.1 Error: need RCPT command";
+const NO_VALID_RCPT: &str = "554 5.5.1 Error: no valid recipients";
+const TOO_BIG: &str = "552 5.3.4 Message size exceeds fixed limit";
+const BARE_CONTENT: &str = "550 5.6.0 Message rejected: bare <CR> or <LF> in message content";
+
+impl<'c> Session<'c> {
+    pub fn new(cfg: &'c SessionConfig, peer: IpAddr) -> Session<'c> {
+        Session {
+            cfg,
+            peer,
+            trusted: cfg.policy.is_trusted(peer),
+            state: State::Command,
+            helo: None,
+            esmtp: false,
+            in_tx: false,
+            envelope: Envelope::default(),
+            rcpt_attempts: 0,
+            rcpt_accepted: 0,
+            bdat_used: false,
+            body: Vec::new(),
+            scanner: DataScanner::new(cfg.policy.max_message_bytes),
+            bare: BareNewlineCheck::default(),
+            bdat_over_limit: false,
+            errors: 0,
+            etrn_node: String::new(),
+        }
+    }
+
+    pub fn greeting(&self, out: &mut Vec<u8>) {
+        line(
+            out,
+            format_args!("220 {} ESMTP ringpost", self.cfg.hostname),
+        );
+    }
+
+    /// The greeting for a connection over a limit; the caller closes after writing it.
+    pub fn too_many_connections(&self, out: &mut Vec<u8>) {
+        line(
+            out,
+            format_args!(
+                "421 4.7.0 {} Error: too many connections; try again later",
+                self.cfg.hostname
+            ),
+        );
+    }
+
+    pub fn timeout(&mut self, out: &mut Vec<u8>) {
+        line(
+            out,
+            format_args!("421 4.4.2 {} Error: timeout exceeded", self.cfg.hostname),
+        );
+        self.state = State::Closed;
+    }
+
+    pub fn shutting_down(&mut self, out: &mut Vec<u8>) {
+        line(
+            out,
+            format_args!(
+                "421 4.3.2 {} Service shutting down; try again later",
+                self.cfg.hostname
+            ),
+        );
+        self.state = State::Closed;
+    }
+
+    /// Message content is being read (the data timeout applies rather than the command one).
+    pub fn in_content(&self) -> bool {
+        matches!(self.state, State::Data | State::Bdat { .. })
+    }
+
+    /// A transaction is open: MAIL accepted, not yet finished or reset.
+    pub fn in_transaction(&self) -> bool {
+        self.in_tx
+    }
+
+    pub fn peer(&self) -> IpAddr {
+        self.peer
+    }
+
+    pub fn helo(&self) -> &str {
+        self.helo.as_deref().unwrap_or("")
+    }
+
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// The message content as received (unstuffed), without our Received header.
+    pub fn content(&self) -> &[u8] {
+        &self.body
+    }
+
+    pub fn etrn_node(&self) -> &str {
+        &self.etrn_node
+    }
+
+    /// Writes our trace header for the message being stored (RFC 5321 4.4).
+    pub fn received_header(&self, id: &str, unix_secs: u64, out: &mut Vec<u8>) {
+        let proto = match (self.envelope.smtputf8, self.esmtp) {
+            (true, _) => "UTF8SMTP",
+            (false, true) => "ESMTP",
+            (false, false) => "SMTP",
+        };
+        let _ = write!(
+            out,
+            "Received: from {} ([{}])\r\n\tby {} (ringpost) with {} id {}",
+            self.helo(),
+            self.peer,
+            self.cfg.hostname,
+            proto,
+            id
+        );
+        if let [only] = self.envelope.recipients.as_slice() {
+            let _ = write!(out, "\r\n\tfor <{}>", only.address);
+        }
+        let _ = write!(out, "; {}\r\n", crate::time::rfc5322(unix_secs));
+    }
+
+    /// Consumes input; see the module doc. Returns the octets consumed and why it stopped.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, Event) {
+        let mut used = 0;
+        loop {
+            let rest = &input[used..];
+            match self.state {
+                State::Closed => return (input.len(), Event::Close),
+                State::Storing => return (used, Event::Message),
+                State::Command => match parser::frame(rest, self.cfg.line_bytes_max) {
+                    Ok(Frame::Incomplete) => return (used, Event::NeedInput),
+                    Ok(Frame::Line(cmd, n)) => {
+                        used += n;
+                        if let Some(event) = self.command(cmd, out) {
+                            return (used, event);
+                        }
+                    }
+                    Err(e) => {
+                        let (n, complete) = match e {
+                            parser::FrameError::TooLong { consumed, complete } => {
+                                (consumed, complete)
+                            }
+                            parser::FrameError::BareLf { consumed } => (consumed, true),
+                        };
+                        used += n;
+                        self.reject(e.reply(), out);
+                        if !complete && self.state == State::Command {
+                            self.state = State::Drain;
+                        }
+                    }
+                },
+                State::Drain => {
+                    let (n, found) = parser::skip_line(rest);
+                    used += n;
+                    if !found {
+                        return (used, Event::NeedInput);
+                    }
+                    self.state = State::Command;
+                }
+                State::Data => {
+                    let (n, end) = self.scanner.feed(rest, &mut self.body);
+                    used += n;
+                    match end {
+                        None => return (used, Event::NeedInput),
+                        Some(end) => {
+                            if let Some(event) = self.end_of_data(end, out) {
+                                return (used, event);
+                            }
+                        }
+                    }
+                }
+                State::Bdat {
+                    remaining,
+                    last,
+                    reject,
+                } => {
+                    let take = remaining.min(rest.len() as u64) as usize;
+                    self.bdat_chunk(&rest[..take], reject.is_some());
+                    used += take;
+                    let remaining = remaining - take as u64;
+                    if remaining > 0 {
+                        self.state = State::Bdat {
+                            remaining,
+                            last,
+                            reject,
+                        };
+                        return (used, Event::NeedInput);
+                    }
+                    self.state = State::Command;
+                    if let Some(event) = self.end_of_chunk(last, reject, out) {
+                        return (used, event);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The queue log's answer for the message of the last [`Event::Message`].
+    pub fn stored(&mut self, result: Result<&str, StoreError>, out: &mut Vec<u8>) {
+        debug_assert_eq!(self.state, State::Storing);
+        self.state = State::Command;
+        match result {
+            Ok(id) => line(out, format_args!("250 2.0.0 Ok: queued as {id}")),
+            Err(StoreError::NoSpace) => {
+                line(out, format_args!("452 4.3.1 Insufficient system storage"))
+            }
+            Err(StoreError::Io) => {
+                line(out, format_args!("451 4.3.0 Error: queue file write error"))
+            }
+        }
+        self.reset_transaction();
+    }
+
+    fn reset_transaction(&mut self) {
+        self.in_tx = false;
+        self.envelope.sender.clear();
+        self.envelope.body = None;
+        self.envelope.smtputf8 = false;
+        self.envelope.ret = None;
+        self.envelope.envid = None;
+        self.envelope.recipients.clear();
+        self.rcpt_attempts = 0;
+        self.rcpt_accepted = 0;
+        self.bdat_used = false;
+        self.bdat_over_limit = false;
+        self.body.clear();
+        self.bare = BareNewlineCheck::default();
+    }
+
+    /// Writes an error reply and counts it; past `max_errors` the session ends.
+    fn reject(&mut self, reply: &str, out: &mut Vec<u8>) {
+        line(out, format_args!("{reply}"));
+        self.errors += 1;
+        if self.errors >= self.cfg.max_errors {
+            line(
+                out,
+                format_args!("421 4.7.0 {} Error: too many errors", self.cfg.hostname),
+            );
+            self.state = State::Closed;
+        }
+    }
+
+    fn closing(&self) -> Option<Event> {
+        (self.state == State::Closed).then_some(Event::Close)
+    }
+
+    /// One command line; returns an event when the caller must act before going on.
+    fn command(&mut self, cmd_line: &[u8], out: &mut Vec<u8>) -> Option<Event> {
+        let cmd = match parser::parse_command(cmd_line) {
+            Ok(cmd) => cmd,
+            Err(reply) => {
+                self.reject(reply, out);
+                return self.closing();
+            }
+        };
+        match cmd {
+            Command::Ehlo(name) => self.hello(name, true, out),
+            Command::Helo(name) => self.hello(name, false, out),
+            Command::Mail(path, params) => self.mail(path, params, out),
+            Command::Rcpt(path, params) => self.rcpt(path, params, out),
+            Command::Data => self.data(out),
+            Command::Bdat { size, last } => self.bdat(size, last),
+            Command::Rset => {
+                self.reset_transaction();
+                line(out, format_args!("{OK}"));
+            }
+            Command::Noop => line(out, format_args!("{OK}")),
+            Command::Quit => {
+                line(out, format_args!("221 2.0.0 Bye"));
+                self.state = State::Closed;
+            }
+            Command::Vrfy(arg) => self.vrfy(arg, out),
+            Command::Expn(arg) => self.expn(arg, out),
+            Command::Help => self.help(out),
+            Command::Turn => self.reject(
+                "502 5.5.1 TURN is obsolete and unsafe; use ETRN (RFC 1985)",
+                out,
+            ),
+            Command::Etrn(node) => return self.etrn(node, out),
+            Command::StartTls => self.reject("502 5.5.1 Error: STARTTLS is not available", out),
+            Command::Auth(_) => self.reject("503 5.5.1 Error: authentication not enabled", out),
+        }
+        match self.state {
+            State::Closed => Some(Event::Close),
+            _ => None,
+        }
+    }
+
+    fn hello(&mut self, name: &[u8], esmtp: bool, out: &mut Vec<u8>) {
+        self.reset_transaction();
+        self.helo = Some(String::from_utf8_lossy(name).into_owned());
+        self.esmtp = esmtp;
+        if !esmtp {
+            line(out, format_args!("250 {}", self.cfg.hostname));
+            return;
+        }
+        let p = &self.cfg.policy;
+        let _ = write!(
+            out,
+            "250-{} Hello {} [{}]\r\n",
+            self.cfg.hostname,
+            self.helo(),
+            self.peer
+        );
+        let _ = write!(
+            out,
+            "250-PIPELINING\r\n250-SIZE {}\r\n",
+            p.max_message_bytes
+        );
+        if p.vrfy == Vrfy::On {
+            out.extend_from_slice(b"250-VRFY\r\n");
+        }
+        if p.expn != Expn::Off {
+            out.extend_from_slice(b"250-EXPN\r\n");
+        }
+        out.extend_from_slice(b"250-ETRN\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 DSN\r\n");
+    }
+
+    fn mail(&mut self, path: Path<'_>, params: MailParams<'_>, out: &mut Vec<u8>) {
+        if self.helo.is_none() {
+            return self.reject(NEED_HELO, out);
+        }
+        if self.in_tx {
+            return self.reject("503 5.5.1 Error: nested MAIL command", out);
+        }
+        if !self.esmtp && params != MailParams::default() {
+            return self.reject("555 5.5.4 Error: ESMTP parameters need EHLO", out);
+        }
+        if params
+            .size
+            .is_some_and(|s| s > self.cfg.policy.max_message_bytes)
+        {
+            return self.reject(TOO_BIG, out);
+        }
+        let sender = match path {
+            Path::Null => String::new(),
+            Path::Mailbox(m) => {
+                if m.utf8 && !params.smtputf8 {
+                    return self.reject("553 5.6.7 Error: non-ASCII address needs SMTPUTF8", out);
+                }
+                m.to_string_lossless()
+            }
+            Path::Postmaster => return self.reject("501 5.1.7 Bad sender address syntax", out),
+        };
+        self.reset_transaction();
+        self.in_tx = true;
+        self.envelope.sender = sender;
+        self.envelope.body = params.body;
+        self.envelope.smtputf8 = params.smtputf8;
+        self.envelope.ret = params.ret;
+        self.envelope.envid = params
+            .envid
+            .map(|e| String::from_utf8_lossy(e).into_owned());
+        line(out, format_args!("250 2.1.0 Ok"));
+    }
+
+    fn rcpt(&mut self, path: Path<'_>, params: RcptParams<'_>, out: &mut Vec<u8>) {
+        if !self.in_tx {
+            return self.reject(NEED_MAIL, out);
+        }
+        self.rcpt_attempts += 1;
+        if self.rcpt_accepted >= self.cfg.policy.max_recipients {
+            return self.reject("452 4.5.3 Error: too many recipients", out);
+        }
+        let orcpt = params
+            .orcpt
+            .map(|o| String::from_utf8_lossy(o).into_owned());
+        let mailbox = match path {
+            Path::Postmaster => {
+                // RFC 5321 4.5.1: always accepted, whatever the relay policy.
+                let postmaster = self.cfg.postmaster.clone();
+                self.add_recipient(postmaster, orcpt, params.notify);
+                return line(out, format_args!("250 2.1.5 Ok"));
+            }
+            Path::Mailbox(m) => m,
+            Path::Null => return self.reject("501 5.1.3 Bad recipient address syntax", out),
+        };
+        if mailbox.utf8 && !self.envelope.smtputf8 {
+            return self.reject("553 5.6.7 Error: non-ASCII address needs SMTPUTF8", out);
+        }
+        let address = mailbox.to_string_lossless();
+        match self.cfg.policy.lookup(&address) {
+            Lookup::Forward(to) => {
+                let orcpt = orcpt.or_else(|| Some(format!("rfc822;{}", xtext(&address))));
+                self.add_recipient(to.to_string(), orcpt, params.notify);
+                line(
+                    out,
+                    format_args!("251 2.1.5 User not local; will forward to <{to}>"),
+                );
+            }
+            Lookup::Moved(to) => {
+                let reply = format!("551 5.1.6 User not local; please try <{to}>");
+                self.reject(&reply, out);
+            }
+            Lookup::List(members) => {
+                for m in members {
+                    let orcpt = Some(format!("rfc822;{}", xtext(&address)));
+                    self.add_recipient(m.clone(), orcpt, params.notify);
+                }
+                line(out, format_args!("250 2.1.5 Ok"));
+            }
+            Lookup::Relay => {
+                self.add_recipient(address, orcpt, params.notify);
+                line(out, format_args!("250 2.1.5 Ok"));
+            }
+            // Address literals get the same policy as domains: only trusted clients.
+            Lookup::Unknown if self.trusted => {
+                self.add_recipient(address, orcpt, params.notify);
+                line(out, format_args!("250 2.1.5 Ok"));
+            }
+            Lookup::Unknown => self.reject("554 5.7.1 Relay access denied", out),
+        }
+    }
+
+    fn add_recipient(&mut self, address: String, orcpt: Option<String>, notify: Option<u8>) {
+        self.rcpt_accepted += 1;
+        let dup = self
+            .envelope
+            .recipients
+            .iter()
+            .any(|r| r.address.eq_ignore_ascii_case(&address));
+        if !dup {
+            self.envelope.recipients.push(Recipient {
+                address,
+                orcpt,
+                notify,
+            });
+        }
+    }
+
+    fn no_recipients_reply(&self) -> &'static str {
+        if self.rcpt_attempts > 0 {
+            NO_VALID_RCPT
+        } else {
+            NEED_RCPT
+        }
+    }
+
+    fn data(&mut self, out: &mut Vec<u8>) {
+        if !self.in_tx {
+            return self.reject(NEED_MAIL, out);
+        }
+        if self.envelope.recipients.is_empty() {
+            return self.reject(self.no_recipients_reply(), out);
+        }
+        if self.bdat_used {
+            return self.reject("503 5.5.1 Error: DATA after BDAT", out);
+        }
+        line(out, format_args!("354 End data with <CR><LF>.<CR><LF>"));
+        self.body.clear();
+        self.scanner = DataScanner::new(self.cfg.policy.max_message_bytes);
+        self.state = State::Data;
+    }
+
+    fn end_of_data(&mut self, end: data::DataEnd, out: &mut Vec<u8>) -> Option<Event> {
+        self.state = State::Command;
+        let refusal = if end.over_limit {
+            Some(TOO_BIG)
+        } else if end.bare_newline {
+            Some(BARE_CONTENT)
+        } else {
+            None
+        };
+        self.finish_content(refusal, out)
+    }
+
+    /// The content is complete: refuse it, or hand it to the caller for storing.
+    fn finish_content(
+        &mut self,
+        refusal: Option<&'static str>,
+        out: &mut Vec<u8>,
+    ) -> Option<Event> {
+        let refusal = refusal.or_else(|| {
+            (data::count_received(&self.body) > self.cfg.policy.max_hops)
+                .then_some("554 5.4.6 Too many hops")
+        });
+        if let Some(reply) = refusal {
+            self.reset_transaction();
+            self.reject(reply, out);
+            return self.closing();
+        }
+        self.state = State::Storing;
+        Some(Event::Message)
+    }
+
+    fn bdat(&mut self, size: u64, last: bool) {
+        // The chunk is read whatever happens (RFC 3030 2); a refused one is dropped.
+        let reject = if self.helo.is_none() {
+            Some(NEED_HELO)
+        } else if !self.in_tx {
+            Some(NEED_MAIL)
+        } else if self.envelope.recipients.is_empty() {
+            Some(self.no_recipients_reply())
+        } else {
+            None
+        };
+        if reject.is_none() && !self.bdat_used {
+            self.bdat_used = true;
+            self.body.clear();
+        }
+        self.state = State::Bdat {
+            remaining: size,
+            last,
+            reject,
+        };
+    }
+
+    fn bdat_chunk(&mut self, chunk: &[u8], rejected: bool) {
+        if rejected || self.bdat_over_limit {
+            return;
+        }
+        if self.body.len() as u64 + chunk.len() as u64 > self.cfg.policy.max_message_bytes {
+            self.bdat_over_limit = true;
+            return;
+        }
+        self.bare.feed(chunk);
+        self.body.extend_from_slice(chunk);
+    }
+
+    fn end_of_chunk(
+        &mut self,
+        last: bool,
+        reject: Option<&'static str>,
+        out: &mut Vec<u8>,
+    ) -> Option<Event> {
+        if let Some(reply) = reject {
+            self.reject(reply, out);
+            return self.closing();
+        }
+        if self.bdat_over_limit {
+            // RFC 3030 3: after a failed chunk the client sends no more; start afresh.
+            self.reset_transaction();
+            self.reject(TOO_BIG, out);
+            return self.closing();
+        }
+        if !last {
+            line(
+                out,
+                format_args!("250 2.0.0 Ok: {} octets", self.body.len()),
+            );
+            return None;
+        }
+        let refusal = self.bare.finish().then_some(BARE_CONTENT);
+        self.finish_content(refusal, out)
+    }
+
+    fn vrfy(&mut self, arg: &[u8], out: &mut Vec<u8>) {
+        if self.cfg.policy.vrfy == Vrfy::Off {
+            return line(
+                out,
+                format_args!(
+                    "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery"
+                ),
+            );
+        }
+        let Some(address) = self.resolve_name(arg, out) else {
+            return;
+        };
+        match self.cfg.policy.lookup(&address) {
+            Lookup::Forward(to) => line(
+                out,
+                format_args!("251 2.1.5 User not local; will forward to <{to}>"),
+            ),
+            Lookup::Moved(to) => {
+                let reply = format!("551 5.1.6 User not local; please try <{to}>");
+                self.reject(&reply, out)
+            }
+            Lookup::List(_) | Lookup::Relay => line(out, format_args!("250 2.1.5 <{address}>")),
+            Lookup::Unknown => self.reject("550 5.1.1 User unknown", out),
+        }
+    }
+
+    fn expn(&mut self, arg: &[u8], out: &mut Vec<u8>) {
+        let allowed = match self.cfg.policy.expn {
+            Expn::Off => return self.reject("502 5.5.1 Error: EXPN is disabled", out),
+            Expn::Trusted => self.trusted,
+            Expn::On => true,
+        };
+        if !allowed {
+            return self.reject("550 5.7.1 Error: EXPN is not allowed from this client", out);
+        }
+        let Some(address) = self.resolve_name(arg, out) else {
+            return;
+        };
+        match self.cfg.policy.lookup(&address) {
+            Lookup::List(members) => {
+                for (i, m) in members.iter().enumerate() {
+                    let sep = if i + 1 == members.len() { ' ' } else { '-' };
+                    let _ = write!(out, "250{sep}2.1.5 <{m}>\r\n");
+                }
+            }
+            _ => self.reject("550 5.1.1 Error: not a mailing list", out),
+        }
+    }
+
+    /// VRFY/EXPN take an address or a bare name; a name must match exactly one entry.
+    fn resolve_name(&mut self, arg: &[u8], out: &mut Vec<u8>) -> Option<String> {
+        let text = String::from_utf8_lossy(arg);
+        let text = text.trim_start_matches('<').trim_end_matches('>');
+        if text.contains('@') {
+            return Some(text.to_string());
+        }
+        let names = self.cfg.policy.entries_named(text);
+        match names.as_slice() {
+            [] => {
+                self.reject("550 5.1.1 User unknown", out);
+                None
+            }
+            [one] => Some(one.to_string()),
+            many => {
+                for (i, n) in many.iter().enumerate() {
+                    let sep = if i + 1 == many.len() { ' ' } else { '-' };
+                    let _ = write!(
+                        out,
+                        "553{sep}5.1.4 Ambiguous; possibilities include <{n}>\r\n"
+                    );
+                }
+                self.errors += 1;
+                None
+            }
+        }
+    }
+
+    fn help(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(
+            b"214-2.0.0 ringpost: an SMTP relay. Commands:\r\n\
+              214-2.0.0   EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT\r\n\
+              214-2.0.0   VRFY EXPN HELP ETRN\r\n\
+              214 2.0.0 TURN is refused; use ETRN (RFC 1985) to pull queued mail\r\n",
+        );
+    }
+
+    fn etrn(&mut self, node: &[u8], out: &mut Vec<u8>) -> Option<Event> {
+        if self.helo.is_none() {
+            self.reject(NEED_HELO, out);
+            return self.closing();
+        }
+        if self.in_tx {
+            self.reject("503 5.5.1 Error: MAIL transaction in progress", out);
+            return self.closing();
+        }
+        let node = String::from_utf8_lossy(node);
+        let domain = node.trim_start_matches(['@', '#']);
+        if !self.trusted {
+            let reply = format!("459 4.7.1 <{domain}>: Node not allowed: client not trusted");
+            self.reject(&reply, out);
+            return self.closing();
+        }
+        line(
+            out,
+            format_args!("250 2.0.0 Queuing for node <{domain}> started"),
+        );
+        self.etrn_node.clear();
+        self.etrn_node.push_str(domain);
+        Some(Event::Etrn)
+    }
+}
+
+/// RFC 3461 4 xtext encoding of an address for ORCPT.
+fn xtext(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (33..=126).contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "+{b:02X}");
+        }
+    }
+    out
+}
+
+fn line(out: &mut Vec<u8>, args: std::fmt::Arguments<'_>) {
+    let _ = out.write_fmt(args);
+    out.extend_from_slice(b"\r\n");
+}
