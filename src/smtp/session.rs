@@ -491,6 +491,7 @@ impl<'c> Session<'c> {
                 // RFC 5321 4.5.1: always accepted, whatever the relay policy.
                 let postmaster = self.cfg.postmaster.clone();
                 self.add_recipient(postmaster, orcpt, params.notify);
+                self.rcpt_accepted += 1;
                 return line(out, format_args!("250 2.1.5 Ok"));
             }
             Path::Mailbox(m) => m,
@@ -500,41 +501,67 @@ impl<'c> Session<'c> {
             return self.reject("553 5.6.7 Error: non-ASCII address needs SMTPUTF8", out);
         }
         let address = mailbox.to_string_lossless();
+        if self.rcpt_to_mailbox(address, orcpt, params.notify, out) {
+            self.rcpt_accepted += 1;
+        }
+    }
+
+    /// Applies the forward table, lists and relay policy; true when accepted.
+    fn rcpt_to_mailbox(
+        &mut self,
+        address: String,
+        orcpt: Option<String>,
+        notify: Option<u8>,
+        out: &mut Vec<u8>,
+    ) -> bool {
         match self.cfg.policy.lookup(&address) {
             Lookup::Forward(to) => {
                 let orcpt = orcpt.or_else(|| Some(format!("rfc822;{}", xtext(&address))));
-                self.add_recipient(to.to_string(), orcpt, params.notify);
+                self.add_recipient(to.to_string(), orcpt, notify);
                 line(
                     out,
                     format_args!("251 2.1.5 User not local; will forward to <{to}>"),
                 );
+                true
             }
             Lookup::Moved(to) => {
                 let reply = format!("551 5.1.6 User not local; please try <{to}>");
                 self.reject(&reply, out);
+                false
             }
             Lookup::List(members) => {
                 for m in members {
                     let orcpt = Some(format!("rfc822;{}", xtext(&address)));
-                    self.add_recipient(m.clone(), orcpt, params.notify);
+                    self.add_recipient(m.clone(), orcpt, notify);
                 }
                 line(out, format_args!("250 2.1.5 Ok"));
-            }
-            Lookup::Relay => {
-                self.add_recipient(address, orcpt, params.notify);
-                line(out, format_args!("250 2.1.5 Ok"));
+                true
             }
             // Address literals get the same policy as domains: only trusted clients.
-            Lookup::Unknown if self.trusted => {
-                self.add_recipient(address, orcpt, params.notify);
-                line(out, format_args!("250 2.1.5 Ok"));
+            Lookup::Relay => self.accept_as_is(address, orcpt, notify, out),
+            Lookup::Unknown if self.trusted => self.accept_as_is(address, orcpt, notify, out),
+            Lookup::Unknown => {
+                self.reject("554 5.7.1 Relay access denied", out);
+                false
             }
-            Lookup::Unknown => self.reject("554 5.7.1 Relay access denied", out),
         }
     }
 
+    fn accept_as_is(
+        &mut self,
+        address: String,
+        orcpt: Option<String>,
+        notify: Option<u8>,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        self.add_recipient(address, orcpt, notify);
+        line(out, format_args!("250 2.1.5 Ok"));
+        true
+    }
+
+    /// Queues one recipient (of possibly several for a list); `max_recipients` counts
+    /// RCPT commands, in [`Session::rcpt`].
     fn add_recipient(&mut self, address: String, orcpt: Option<String>, notify: Option<u8>) {
-        self.rcpt_accepted += 1;
         let dup = self
             .envelope
             .recipients

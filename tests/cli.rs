@@ -1,0 +1,104 @@
+//! The command line: config errors, check-config, queue list/show.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+#[test]
+fn bad_config_exits_2_naming_the_key() {
+    let dir = TempDir::new("cli");
+    let cfg = dir.0.join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "[[listen]]\naddr = \"127.0.0.1:2525\"\n[policy]\nrelay_domain = [\"x.test\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("relay_domain") && err.contains("bad.toml"),
+        "{err}"
+    );
+
+    std::fs::write(
+        &cfg,
+        "[[listen]]\naddr = \"127.0.0.1:2525\"\n[server]\ncommand_timeout = \"10\"\n",
+    )
+    .unwrap();
+    let out = Command::new(binary())
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("command_timeout"));
+}
+
+#[test]
+fn check_config_prints_effective_config() {
+    let out = Command::new(binary()).arg("check-config").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "addr = \"127.0.0.1:2525\"",
+        "dir = \"./ringpost-queue\"",
+        "command_timeout = \"5m\"",
+        "shards = 0",
+    ] {
+        assert!(text.contains(want), "{want} missing:\n{text}");
+    }
+}
+
+#[test]
+fn queue_list_and_show() {
+    let server = Server::start("");
+    let mut c = server.connect();
+    c.greet();
+    let id = queued_id(&c.send_message(
+        "sender@b.test",
+        &["x@relay.test", "y@relay.test"],
+        b"Subject: q\r\n\r\nqueued\r\n",
+    ));
+    let out = Command::new(binary())
+        .args(["queue", "list", "--queue-dir"])
+        .arg(server.queue_dir())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} not listed:\n{text}"));
+    assert!(
+        line.contains("sender@b.test")
+            && line.contains("x@relay.test y@relay.test")
+            && line.contains("ready"),
+        "{line}"
+    );
+    assert!(text.contains("-- 1 messages"));
+    let out = Command::new(binary())
+        .args(["queue", "show", &id, "--body", "--config"])
+        .arg(&server.config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("sender: <sender@b.test>")
+            && text.contains("recipient: <y@relay.test> Pending"),
+        "{text}"
+    );
+    assert!(text.ends_with("Subject: q\r\n\r\nqueued\r\n"), "{text}");
+    let out = Command::new(binary())
+        .args(["queue", "show", "0000000000000000", "--queue-dir"])
+        .arg(server.queue_dir())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
