@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 const READY_WAIT: Duration = Duration::from_secs(30);
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let runs: Vec<(usize, usize, usize)> = match args.as_slice() {
         [c, m, s, ..] => vec![(parse(c), parse(m), parse(s))],
         [c, m] => vec![(parse(c), parse(m), 1024)],
@@ -38,7 +41,10 @@ fn run(connections: usize, messages: usize, size: usize) {
     let dir = std::env::temp_dir().join(format!("ringpost-bench-accept-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("bench dir");
-    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
     let config = dir.join("ringpost.toml");
     std::fs::write(
         &config,
@@ -85,11 +91,23 @@ fn run(connections: usize, messages: usize, size: usize) {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let mut err = String::new();
-    child.stderr.take().expect("stderr").read_to_string(&mut err).expect("stderr");
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("stderr");
     let _ = child.wait();
     let commits: u64 = err
         .lines()
-        .filter_map(|l| l.split(" commits,").next()?.rsplit(' ').next()?.parse::<u64>().ok())
+        .filter_map(|l| {
+            l.split(" commits,")
+                .next()?
+                .rsplit(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
         .sum();
     let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let n = hist.len() as f64;
@@ -127,7 +145,8 @@ fn client(port: u16, next: &AtomicUsize, messages: usize, body: &[u8]) -> Histog
     wire.extend_from_slice(b".\r\n");
     while next.fetch_add(1, Ordering::Relaxed) < messages {
         let t = Instant::now();
-        s.write_all(b"MAIL FROM:<bench@b.test>\r\nRCPT TO:<r@sink.test>\r\nDATA\r\n").expect("send");
+        s.write_all(b"MAIL FROM:<bench@b.test>\r\nRCPT TO:<r@sink.test>\r\nDATA\r\n")
+            .expect("send");
         expect(&mut r, "250");
         expect(&mut r, "250");
         expect(&mut r, "354");
@@ -156,5 +175,6 @@ fn cpu_ticks(pid: u32) -> u64 {
     // Fields after the ")" of the command name: utime is 14th, stime 15th overall.
     let after = stat.rsplit(')').next().unwrap_or_default();
     let f: Vec<&str> = after.split_whitespace().collect();
-    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
 }

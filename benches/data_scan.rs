@@ -12,7 +12,9 @@ fn message(size: usize) -> Vec<u8> {
         if i % 50 == 0 {
             m.extend_from_slice(b"..stuffed line\r\n");
         }
-        m.extend_from_slice(&b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0"[..]);
+        m.extend_from_slice(
+            &b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0"[..],
+        );
         m.extend_from_slice(b"\r\n");
         i += 1;
     }

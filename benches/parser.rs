@@ -29,7 +29,9 @@ fn bench(c: &mut Criterion) {
     assert_eq!(commands, 9);
     let mut g = c.benchmark_group("parser");
     g.throughput(Throughput::Elements(commands as u64));
-    g.bench_function("pipelined transaction (commands)", |b| b.iter(|| parse_all(black_box(TRANSACTION))));
+    g.bench_function("pipelined transaction (commands)", |b| {
+        b.iter(|| parse_all(black_box(TRANSACTION)))
+    });
     g.finish();
 }
 

@@ -45,7 +45,11 @@ fn run(cfg: &SessionConfig, input: &[u8], cuts: &[usize]) -> Vec<u8> {
 
 fn last_reply(out: &[u8]) -> String {
     let text = String::from_utf8_lossy(out);
-    text.trim_end().rsplit("\r\n").next().unwrap_or_default().to_string()
+    text.trim_end()
+        .rsplit("\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 proptest! {

@@ -429,3 +429,113 @@ fn classify(e: &io::Error) -> StoreError {
         _ => StoreError::Io,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::record::OutcomeKind;
+    use crate::smtp::session::{Envelope, Recipient};
+    use glommio::LocalExecutorBuilder;
+
+    fn envelope(rcpts: usize) -> Envelope {
+        Envelope {
+            sender: "s@x.test".into(),
+            recipients: (0..rcpts)
+                .map(|i| Recipient {
+                    address: format!("r{i}@y.test"),
+                    orcpt: None,
+                    notify: None,
+                })
+                .collect(),
+            ..Envelope::default()
+        }
+    }
+
+    fn segment_files(dir: &Path) -> usize {
+        recovery::segments_in(dir).map_or(0, |s| s.len())
+    }
+
+    /// Appends, syncs, records outcomes, rolls segments and deletes finished ones, then
+    /// checks that a fresh recovery sees exactly what is live.
+    #[test]
+    fn outcomes_finish_messages_and_segments_go() {
+        let dir = std::env::temp_dir().join(format!("ringpost-log-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let shard_dir = dir.join("shard-0");
+        let d = shard_dir.clone();
+        LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let settings = LogSettings {
+                    segment_bytes: 1024 * 1024,
+                    commit_window: Duration::ZERO,
+                    commit_bytes_max: 64 * 1024,
+                };
+                let (log, report) = Log::open(0, std::slice::from_ref(&d), settings).expect("open");
+                assert_eq!(report.live_messages, 0);
+                let log = Rc::new(log);
+                let committer = glommio::spawn_local(Rc::clone(&log).run_committer());
+                // Enough content to fill more than one segment.
+                let content = vec![b'x'; 200 * 1024];
+                let env = envelope(2);
+                let mut ids = Vec::new();
+                for _ in 0..8 {
+                    let id = log.next_id();
+                    let t = log.append_message(&NewMessage {
+                        id,
+                        arrival_micros: 1,
+                        client: "127.0.0.1",
+                        helo: "h",
+                        envelope: &env,
+                        received: b"Received: x\r\n",
+                        content: &content,
+                    });
+                    assert_eq!(t.wait().await, Ok(()));
+                    ids.push(id);
+                }
+                assert!(segment_files(&d) >= 2, "expected a roll");
+                assert_eq!(log.with_index(|ix| ix.len()), 8);
+                // Finish all but the last message; the old segments become garbage.
+                for &id in &ids[..7] {
+                    for rcpt in 0..2 {
+                        let o = Outcome {
+                            id,
+                            rcpt,
+                            kind: OutcomeKind::Delivered,
+                            at_micros: 2,
+                            reply: "250 ok".into(),
+                        };
+                        assert_eq!(log.append_outcome(o).wait().await, Ok(()));
+                    }
+                }
+                let deferred = Outcome {
+                    id: ids[7],
+                    rcpt: 0,
+                    kind: OutcomeKind::Deferred,
+                    at_micros: 99,
+                    reply: "451 later".into(),
+                };
+                assert_eq!(log.append_outcome(deferred).wait().await, Ok(()));
+                assert_eq!(log.with_index(|ix| ix.len()), 1);
+                log.close().await;
+                committer.await;
+                assert!(log.stats().commits >= 23);
+            })
+            .expect("executor")
+            .join()
+            .expect("join");
+        // Only the segment with the live message (and the active one) remain.
+        let r = recovery::recover(std::slice::from_ref(&shard_dir), false).expect("recover");
+        assert_eq!(r.index.len(), 1);
+        let live = r.index.live().next().expect("one live");
+        assert_eq!(
+            live.rcpt_states[0],
+            crate::queue::index::RcptState::Deferred { until_micros: 99 }
+        );
+        assert_eq!(live.rcpt_states[1], crate::queue::index::RcptState::Pending);
+        assert!(
+            segment_files(&shard_dir) <= 2,
+            "finished segments were not deleted"
+        );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}
