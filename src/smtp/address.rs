@@ -36,8 +36,43 @@ pub enum Path<'a> {
     Mailbox(Mailbox<'a>),
 }
 
-/// Which part of the grammar did not match; the text goes into the 501 reply.
-pub type PathError = &'static str;
+/// Which part of the grammar did not match. Each variant has one reply for MAIL (5.1.7)
+/// and one for RCPT (5.1.3), with the grammar that was expected in the text.
+macro_rules! path_errors {
+    ($($variant:ident => $text:literal,)*) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum PathError { $($variant,)* }
+
+        impl PathError {
+            pub fn reason(self) -> &'static str {
+                match self { $(PathError::$variant => $text,)* }
+            }
+            pub fn sender_reply(self) -> &'static str {
+                match self { $(PathError::$variant => concat!("501 5.1.7 Bad sender address syntax: ", $text),)* }
+            }
+            pub fn recipient_reply(self) -> &'static str {
+                match self { $(PathError::$variant => concat!("501 5.1.3 Bad recipient address syntax: ", $text),)* }
+            }
+        }
+    };
+}
+
+path_errors! {
+    ExpectedOpen => "expected '<'",
+    ExpectedAt => "expected '@' after the local part",
+    ExpectedClose => "expected '>' at the end of the address",
+    NotUtf8 => "address is not valid UTF-8",
+    BadLiteral => "bad address literal",
+    BadDomain => "bad domain",
+    LocalTooLong => "local part longer than 64 octets",
+    PathTooLong => "path longer than 256 octets",
+    BadRoute => "bad source route",
+    BadQuotedPair => "bad quoted pair in local part",
+    BadQuotedChar => "bad character in quoted local part",
+    Unterminated => "unterminated quoted local part",
+    EmptyLocal => "empty local part",
+    MisplacedDot => "misplaced '.' in local part",
+}
 
 /// RFC 5322 atext.
 pub fn is_atext(b: u8) -> bool {
@@ -99,7 +134,7 @@ pub fn is_address_literal(d: &[u8]) -> bool {
 /// Source routes (`<@a,@b:user@c>`) are accepted and ignored (RFC 5321 appendix C).
 pub fn parse_path(input: &[u8], allow_postmaster: bool) -> Result<(Path<'_>, &[u8]), PathError> {
     let Some(rest) = input.strip_prefix(b"<") else {
-        return Err("expected '<'");
+        return Err(PathError::ExpectedOpen);
     };
     if let Some(after) = rest.strip_prefix(b">") {
         return Ok((Path::Null, after));
@@ -114,26 +149,26 @@ pub fn parse_path(input: &[u8], allow_postmaster: bool) -> Result<(Path<'_>, &[u
     }
     let (local, rest) = local_part(rest)?;
     let Some(rest) = rest.strip_prefix(b"@") else {
-        return Err("expected '@' after the local part");
+        return Err(PathError::ExpectedAt);
     };
-    let end = memchr::memchr(b'>', rest).ok_or("expected '>' at the end of the address")?;
+    let end = memchr::memchr(b'>', rest).ok_or(PathError::ExpectedClose)?;
     let domain = &rest[..end];
     let utf8 = local.iter().chain(domain).any(|&b| b >= 0x80);
     if utf8 && (std::str::from_utf8(local).is_err() || std::str::from_utf8(domain).is_err()) {
-        return Err("address is not valid UTF-8");
+        return Err(PathError::NotUtf8);
     }
     if domain.first() == Some(&b'[') {
         if !is_address_literal(domain) {
-            return Err("bad address literal");
+            return Err(PathError::BadLiteral);
         }
     } else if !is_domain(domain, utf8) {
-        return Err("bad domain");
+        return Err(PathError::BadDomain);
     }
     if local.len() > LOCAL_PART_BYTES_MAX {
-        return Err("local part longer than 64 octets");
+        return Err(PathError::LocalTooLong);
     }
     if local.len() + 1 + domain.len() + 2 > PATH_BYTES_MAX {
-        return Err("path longer than 256 octets");
+        return Err(PathError::PathTooLong);
     }
     Ok((
         Path::Mailbox(Mailbox {
@@ -150,13 +185,13 @@ fn skip_source_route(input: &[u8]) -> Result<&[u8], PathError> {
     if input.first() != Some(&b'@') {
         return Ok(input);
     }
-    let colon = memchr::memchr(b':', input).ok_or("bad source route")?;
+    let colon = memchr::memchr(b':', input).ok_or(PathError::BadRoute)?;
     for hop in input[..colon].split(|&b| b == b',') {
         let ok = hop
             .strip_prefix(b"@")
             .is_some_and(|d| is_domain(d, false) || is_address_literal(d));
         if !ok {
-            return Err("bad source route");
+            return Err(PathError::BadRoute);
         }
     }
     Ok(&input[colon + 1..])
@@ -173,14 +208,14 @@ fn local_part(input: &[u8]) -> Result<(&[u8], &[u8]), PathError> {
                     // quoted-pairSMTP = %d92 %d32-126
                     match input.get(i + 1) {
                         Some(32..=126) => i += 2,
-                        _ => return Err("bad quoted pair in local part"),
+                        _ => return Err(PathError::BadQuotedPair),
                     }
                 }
                 32 | 33 | 35..=91 | 93..=126 | 0x80..=0xff => i += 1,
-                _ => return Err("bad character in quoted local part"),
+                _ => return Err(PathError::BadQuotedChar),
             }
         }
-        return Err("unterminated quoted local part");
+        return Err(PathError::Unterminated);
     }
     let end = input
         .iter()
@@ -188,10 +223,10 @@ fn local_part(input: &[u8]) -> Result<(&[u8], &[u8]), PathError> {
         .unwrap_or(input.len());
     let local = &input[..end];
     if local.is_empty() {
-        return Err("empty local part");
+        return Err(PathError::EmptyLocal);
     }
     if local.split(|&b| b == b'.').any(|atom| atom.is_empty()) {
-        return Err("misplaced '.' in local part");
+        return Err(PathError::MisplacedDot);
     }
     Ok((local, &input[end..]))
 }
@@ -201,8 +236,8 @@ mod tests {
     use super::*;
 
     fn ok(input: &str) -> Path<'_> {
-        let (p, rest) =
-            parse_path(input.as_bytes(), true).unwrap_or_else(|e| panic!("{input}: {e}"));
+        let (p, rest) = parse_path(input.as_bytes(), true)
+            .unwrap_or_else(|e| panic!("{input}: {}", e.reason()));
         assert!(rest.is_empty(), "{input}: rest {rest:?}");
         p
     }

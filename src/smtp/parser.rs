@@ -283,7 +283,8 @@ fn path_after<'a>(args: &'a [u8], keyword: &[u8]) -> Option<&'a [u8]> {
 fn mail(args: &[u8]) -> Result<Command<'_>, CmdError> {
     const SYNTAX: CmdError = "501 5.5.4 Syntax: MAIL FROM:<address>";
     let input = path_after(args, b"FROM:").ok_or(SYNTAX)?;
-    let (path, rest) = address::parse_path(input, false).map_err(sender_error)?;
+    let (path, rest) =
+        address::parse_path(input, false).map_err(address::PathError::sender_reply)?;
     let mut p = MailParams::default();
     for param in params(rest)? {
         let (key, value) = split_param(param);
@@ -326,31 +327,11 @@ fn mail(args: &[u8]) -> Result<Command<'_>, CmdError> {
     Ok(Command::Mail(path, p))
 }
 
-fn sender_error(e: address::PathError) -> CmdError {
-    // The parser's reason goes into the reply; the reasons are a fixed set.
-    match e {
-        "expected '<'" => "501 5.1.7 Bad sender address syntax: expected '<'",
-        "bad domain" => "501 5.1.7 Bad sender address syntax: bad domain",
-        "bad address literal" => "501 5.1.7 Bad sender address syntax: bad address literal",
-        "address is not valid UTF-8" => "501 5.1.7 Bad sender address syntax: not valid UTF-8",
-        _ => "501 5.1.7 Bad sender address syntax",
-    }
-}
-
-fn recipient_error(e: address::PathError) -> CmdError {
-    match e {
-        "expected '<'" => "501 5.1.3 Bad recipient address syntax: expected '<'",
-        "bad domain" => "501 5.1.3 Bad recipient address syntax: bad domain",
-        "bad address literal" => "501 5.1.3 Bad recipient address syntax: bad address literal",
-        "address is not valid UTF-8" => "501 5.1.3 Bad recipient address syntax: not valid UTF-8",
-        _ => "501 5.1.3 Bad recipient address syntax",
-    }
-}
-
 fn rcpt(args: &[u8]) -> Result<Command<'_>, CmdError> {
     const SYNTAX: CmdError = "501 5.5.4 Syntax: RCPT TO:<address>";
     let input = path_after(args, b"TO:").ok_or(SYNTAX)?;
-    let (path, rest) = address::parse_path(input, true).map_err(recipient_error)?;
+    let (path, rest) =
+        address::parse_path(input, true).map_err(address::PathError::recipient_reply)?;
     if path == Path::Null {
         return Err("501 5.1.3 Bad recipient address syntax: empty address");
     }
