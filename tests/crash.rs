@@ -143,3 +143,72 @@ fn torn_tail_is_reported_and_the_rest_recovered() {
     got.sort();
     assert_eq!(got, ids[..4].to_vec());
 }
+
+/// Unmounts the size-limited tmpfs when the test ends, however it ends.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A full queue disk answers 452 4.3.1 (never 250), the session stays usable, and every
+/// message acknowledged before is intact. Needs root for the size-limited tmpfs.
+#[test]
+fn full_disk_answers_452_and_loses_nothing() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("full_disk_answers_452_and_loses_nothing: skipped, needs root to mount a tmpfs");
+        return;
+    }
+    let dir = TempDir::new("full");
+    let mnt = dir.0.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mount tmpfs");
+    let _mount = Mount(mnt.clone());
+    // Three 1 MiB segments do not fit in 3 MiB: the third preallocation fails.
+    let mut server = Server::start(&format!(
+        "[tuning]\nshards = 1\n[queue]\ndir = \"{}\"\nsegment_bytes = 1048576\n",
+        mnt.join("queue").display()
+    ));
+    let mut c = server.connect();
+    c.greet();
+    let mut body = b"Subject: fill\r\n\r\n".to_vec();
+    body.extend(
+        std::iter::repeat_n(b"0123456789".repeat(10).into_iter().chain(*b"\r\n"), 1000).flatten(),
+    );
+    let mut acked = Vec::new();
+    let mut full = None;
+    for _ in 0..40 {
+        let r = c.send_message("a@b.test", &["x@relay.test"], &body);
+        if r.starts_with("250 ") {
+            acked.push(queued_id(&r));
+        } else {
+            full = Some(r);
+            break;
+        }
+    }
+    let full = full.expect("the disk never filled");
+    assert!(full.starts_with("452 4.3.1"), "{full}");
+    assert!(!acked.is_empty());
+    c.expect_cmd("NOOP", "250");
+    c.expect_cmd("QUIT", "221");
+    server.kill9();
+    let dirs = vec![mnt.join("queue").join("shard-0")];
+    let r = ringpost::queue::recovery::recover(&dirs, false).unwrap();
+    let mut got: Vec<String> = r.index.live().map(|e| e.message.id.to_string()).collect();
+    got.sort();
+    acked.sort();
+    for id in &acked {
+        assert!(got.contains(id), "acknowledged {id} lost");
+    }
+}

@@ -78,15 +78,17 @@ pub struct Server {
 
 impl Server {
     /// Starts ringpost with `[[listen]]` on a free port, the queue in a temp dir, and
-    /// `extra` TOML appended (sections other than [queue] and [[listen]]).
+    /// `extra` TOML appended (any section but [[listen]]; a [queue] in it replaces ours).
     pub fn start(extra: &str) -> Server {
         let dir = TempDir::new("srv");
         let port = free_port();
         let config = dir.0.join("ringpost.toml");
-        let text = format!(
-            "[[listen]]\naddr = \"127.0.0.1:{port}\"\n[queue]\ndir = \"{}\"\n{extra}\n",
-            dir.0.join("queue").display()
-        );
+        let queue = if extra.contains("[queue]") {
+            String::new()
+        } else {
+            format!("[queue]\ndir = \"{}\"\n", dir.0.join("queue").display())
+        };
+        let text = format!("[[listen]]\naddr = \"127.0.0.1:{port}\"\n{queue}{extra}\n");
         std::fs::write(&config, text).expect("write config");
         let stderr_path = dir.0.join("stderr.log");
         let mut s = Server {
