@@ -299,11 +299,12 @@ fn queue(dir: &Path, action: QueueCmd) -> std::io::Result<ExitCode> {
                 let seg = &recovered.segments[e.home as usize];
                 let image = std::fs::read(seg)?;
                 let at = e.content_offset() as usize;
-                let content = image
+                let wire = image
                     .get(at..at + m.content_len as usize)
                     .unwrap_or_default();
                 writeln!(out)?;
-                out.write_all(content)?;
+                // Stored dot-stuffed (wire form); shown as the sender meant it.
+                out.write_all(&ringpost::smtp::data::unstuff(wire))?;
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -49,6 +49,8 @@ fn whole_transaction_lands_byte_for_byte() {
     assert_eq!(q[0].sender, "a@b.test");
     assert_eq!(q[0].recipients, vec!["x@example.test"]);
     assert_eq!(without_received(&q[0].content), &body[..]);
+    // Stored in wire form, ready to be sent as DATA as it is.
+    assert_eq!(without_received(&q[0].wire), &dot_stuff(body)[..]);
     let received = String::from_utf8_lossy(&q[0].content);
     assert!(received.starts_with(
         "Received: from client.test ([127.0.0.1])\r\n\tby relay.test (ringpost) with ESMTP id "
@@ -283,6 +285,22 @@ fn size_limits_at_mail_and_at_end_of_data() {
     );
     queued_id(&r);
     assert_eq!(read_queue(&server.queue_dir()).len(), 1);
+}
+
+#[test]
+fn lines_over_998_octets_are_refused() {
+    let server = Server::start(POLICY);
+    let mut c = server.connect();
+    c.greet();
+    let mut body = b"Subject: long\r\n\r\n".to_vec();
+    body.extend_from_slice(&[b'x'; 999]);
+    body.extend_from_slice(b"\r\n");
+    let r = c.send_message("a@b.test", &["x@example.test"], &body);
+    assert!(r.starts_with("550 5.6.0"), "{r}");
+    let mut ok = b"Subject: long\r\n\r\n".to_vec();
+    ok.extend_from_slice(&[b'x'; 998]);
+    ok.extend_from_slice(b"\r\n");
+    queued_id(&c.send_message("a@b.test", &["x@example.test"], &ok));
 }
 
 #[test]

@@ -259,6 +259,57 @@ pub struct Delivery {
     pub max_connections_per_host: u32,
     pub max_messages_per_connection: u32,
     pub max_recipients_per_transaction: u32,
+    /// An idle outbound connection is closed (QUIT) after this long without work.
+    #[serde(
+        deserialize_with = "duration::deserialize",
+        serialize_with = "duration::serialize"
+    )]
+    pub idle_timeout: Duration,
+    #[serde(
+        deserialize_with = "duration::deserialize",
+        serialize_with = "duration::serialize"
+    )]
+    pub connect_timeout: Duration,
+    /// Waiting for any reply but the one after the content.
+    #[serde(
+        deserialize_with = "duration::deserialize",
+        serialize_with = "duration::serialize"
+    )]
+    pub command_timeout: Duration,
+    /// Waiting for the reply after the content (the remote may be scanning it).
+    #[serde(
+        deserialize_with = "duration::deserialize",
+        serialize_with = "duration::serialize"
+    )]
+    pub data_timeout: Duration,
+    /// One DNS query's wait for an answer; each server is tried `dns_attempts` times.
+    #[serde(
+        deserialize_with = "duration::deserialize",
+        serialize_with = "duration::serialize"
+    )]
+    pub dns_timeout: Duration,
+    pub dns_attempts: u32,
+    /// How long "no such domain" and "no such record" answers are cached.
+    #[serde(
+        deserialize_with = "duration::deserialize",
+        serialize_with = "duration::serialize"
+    )]
+    pub negative_ttl: Duration,
+    /// Outbound STARTTLS: "opportunistic" (when offered) or "none".
+    pub tls: OutboundTls,
+    /// Send a "delayed" DSN once a message has waited this long; "0s" = never.
+    #[serde(
+        deserialize_with = "duration::deserialize",
+        serialize_with = "duration::serialize"
+    )]
+    pub delay_warning: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboundTls {
+    None,
+    Opportunistic,
 }
 
 impl Default for Delivery {
@@ -272,6 +323,15 @@ impl Default for Delivery {
             max_connections_per_host: 16,
             max_messages_per_connection: 1000,
             max_recipients_per_transaction: 100,
+            idle_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            dns_timeout: Duration::from_secs(5),
+            dns_attempts: 2,
+            negative_ttl: Duration::from_secs(60),
+            tls: OutboundTls::Opportunistic,
+            delay_warning: Duration::ZERO,
         }
     }
 }
@@ -575,6 +635,14 @@ impl Config {
         // share cores round-robin.
         Ok((0..n).map(|i| pool[i % pool.len()]).collect())
     }
+}
+
+/// "host:port", "[ip]:port" or "ip:port"; the host without brackets.
+pub fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then(|| (host.to_string(), port))
 }
 
 /// `local@domain` with a dot-atom local part: what forward/list/postmaster entries hold.

@@ -64,7 +64,9 @@ impl fmt::Debug for QueueId {
     }
 }
 
-/// What the session knows about a message, borrowed for encoding.
+/// What the session knows about a message, borrowed for encoding. The content is kept in
+/// wire form (dot-stuffed CRLF lines, without the final ".CRLF"), so delivery sends it
+/// from the log as it is.
 pub struct NewMessage<'a> {
     pub id: QueueId,
     pub arrival_micros: u64,
@@ -182,7 +184,7 @@ pub fn encode_message(out: &mut Vec<u8>, m: &NewMessage<'_>) -> usize {
         Some(Body::SevenBit) => 1,
         Some(Body::EightBitMime) => 2,
     });
-    out.push(u8::from(e.smtputf8));
+    out.push(u8::from(e.smtputf8) | (u8::from(e.eight_bit) << 1));
     out.push(match e.ret {
         None => 0,
         Some(Ret::Full) => 1,
@@ -301,11 +303,11 @@ impl Reader<'_> {
             2 => Some(Body::EightBitMime),
             _ => return None,
         };
-        let smtputf8 = match self.u8()? {
-            0 => false,
-            1 => true,
-            _ => return None,
-        };
+        let flags = self.u8()?;
+        if flags > 3 {
+            return None;
+        }
+        let (smtputf8, eight_bit) = (flags & 1 != 0, flags & 2 != 0);
         let ret = match self.u8()? {
             0 => None,
             1 => Some(Ret::Full),
@@ -339,6 +341,7 @@ impl Reader<'_> {
             ret,
             envid,
             recipients,
+            eight_bit,
         };
         Some(StoredMessage {
             id,

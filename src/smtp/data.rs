@@ -21,6 +21,11 @@ enum St {
     Cr,
 }
 
+/// RFC 5322 2.1.1 / RFC 5321 4.5.3.1.6: a line is at most 998 octets before its CRLF.
+/// ringpost refuses longer lines at input rather than folding them, so nothing it relays
+/// ever breaks the limit.
+pub const LINE_BYTES_MAX: usize = 998;
+
 #[derive(Debug)]
 pub struct DataScanner {
     st: St,
@@ -28,6 +33,11 @@ pub struct DataScanner {
     bytes: u64,
     limit_bytes: u64,
     bare_newline: bool,
+    /// Keep the content in wire form (dot-stuffed), as the queue stores it.
+    keep_stuffing: bool,
+    /// Octets of the current line so far, as on the wire.
+    line_bytes: usize,
+    long_line: bool,
 }
 
 /// What the content turned out to be, once its end was seen.
@@ -36,26 +46,42 @@ pub struct DataEnd {
     pub bytes: u64,
     pub over_limit: bool,
     pub bare_newline: bool,
+    /// A line longer than [`LINE_BYTES_MAX`].
+    pub long_line: bool,
 }
 
 impl DataScanner {
+    /// A scanner that unstuffs (the content as the sender meant it).
     pub fn new(limit_bytes: u64) -> DataScanner {
         DataScanner {
             st: St::LineStart,
             bytes: 0,
             limit_bytes,
             bare_newline: false,
+            keep_stuffing: false,
+            line_bytes: 0,
+            long_line: false,
+        }
+    }
+
+    /// A scanner that keeps the dot-stuffing: the output can be sent as DATA as it is.
+    pub fn wire_form(limit_bytes: u64) -> DataScanner {
+        DataScanner {
+            keep_stuffing: true,
+            ..DataScanner::new(limit_bytes)
         }
     }
 
     fn emit(&mut self, out: &mut Vec<u8>, span: &[u8]) {
+        self.line_bytes += span.len();
         self.bytes += span.len() as u64;
         if self.bytes <= self.limit_bytes {
             out.extend_from_slice(span);
         }
     }
 
-    /// Consumes content from `input`, appending it unstuffed to `out` (until the limit).
+    /// Consumes content from `input`, appending it to `out` (until the limit), unstuffed or
+    /// in wire form.
     /// Returns the octets consumed and, when the end was found, what the content was.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, Option<DataEnd>) {
         let mut i = 0;
@@ -64,6 +90,7 @@ impl DataScanner {
             match self.st {
                 St::LineStart if b == b'.' => {
                     self.st = St::Dot;
+                    self.line_bytes = 1;
                     i += 1;
                 }
                 St::LineStart => self.st = St::Mid,
@@ -71,15 +98,26 @@ impl DataScanner {
                     self.st = St::DotCr;
                     i += 1;
                 }
-                // A leading dot followed by anything else is unstuffed: the dot is dropped.
-                St::Dot => self.st = St::Mid,
+                // A leading dot followed by anything else is a stuffing dot: dropped, or
+                // kept in wire form.
+                St::Dot => {
+                    if self.keep_stuffing {
+                        self.line_bytes = 0;
+                        self.emit(out, b".");
+                    }
+                    self.st = St::Mid;
+                }
                 St::DotCr if b == b'\n' => {
                     let end = DataEnd {
                         bytes: self.bytes,
                         over_limit: self.bytes > self.limit_bytes,
                         bare_newline: self.bare_newline,
+                        long_line: self.long_line,
                     };
-                    *self = DataScanner::new(self.limit_bytes);
+                    *self = DataScanner {
+                        keep_stuffing: self.keep_stuffing,
+                        ..DataScanner::new(self.limit_bytes)
+                    };
                     return (i + 1, Some(end));
                 }
                 St::DotCr => {
@@ -106,7 +144,9 @@ impl DataScanner {
                     }
                 },
                 St::Cr if b == b'\n' => {
+                    self.long_line |= self.line_bytes > LINE_BYTES_MAX;
                     self.emit(out, b"\r\n");
+                    self.line_bytes = 0;
                     self.st = St::LineStart;
                     i += 1;
                 }
@@ -121,52 +161,88 @@ impl DataScanner {
     }
 }
 
-/// Checks BDAT content, which is not dot-stuffed, for bare CR and LF across chunks:
-/// what is relayed later as DATA must be clean CRLF text.
-#[derive(Debug, Default)]
-pub struct BareNewlineCheck {
+/// BDAT content is not dot-stuffed. This checks it across chunks for bare CR and LF and
+/// for overlong lines (what is relayed later as DATA must be clean CRLF text), and writes
+/// it out dot-stuffed, the queue's wire form.
+#[derive(Debug)]
+pub struct ChunkCheck {
     after_cr: bool,
-    pub found: bool,
+    at_line_start: bool,
+    line_bytes: usize,
+    pub bare_newline: bool,
+    pub long_line: bool,
 }
 
-impl BareNewlineCheck {
-    pub fn feed(&mut self, chunk: &[u8]) {
-        if self.found || chunk.is_empty() {
-            return;
+impl Default for ChunkCheck {
+    fn default() -> Self {
+        ChunkCheck {
+            after_cr: false,
+            at_line_start: true,
+            line_bytes: 0,
+            bare_newline: false,
+            long_line: false,
         }
+    }
+}
+
+impl ChunkCheck {
+    /// Checks `chunk` and appends it to `out` in wire form.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         let mut i = 0;
-        if self.after_cr {
-            if chunk[0] != b'\n' {
-                self.found = true;
+        while i < chunk.len() {
+            if self.after_cr {
+                self.after_cr = false;
+                if chunk[i] == b'\n' {
+                    out.push(b'\n');
+                    self.long_line |= self.line_bytes > LINE_BYTES_MAX;
+                    self.line_bytes = 0;
+                    self.at_line_start = true;
+                    i += 1;
+                    continue;
+                }
+                self.bare_newline = true;
+            }
+            if self.at_line_start && chunk[i] == b'.' {
+                out.push(b'.');
+                self.line_bytes += 1;
+            }
+            self.at_line_start = false;
+            let k = memchr::memchr2(b'\r', b'\n', &chunk[i..]).map_or(chunk.len(), |k| i + k);
+            out.extend_from_slice(&chunk[i..k]);
+            self.line_bytes += k - i;
+            if k == chunk.len() {
                 return;
             }
-            i = 1;
-        }
-        self.after_cr = false;
-        while let Some(k) = memchr::memchr2(b'\r', b'\n', &chunk[i..]) {
-            let at = i + k;
-            if chunk[at] == b'\n' {
-                self.found = true;
-                return;
+            out.push(chunk[k]);
+            if chunk[k] == b'\n' {
+                self.bare_newline = true;
+            } else {
+                self.after_cr = true;
             }
-            match chunk.get(at + 1) {
-                Some(b'\n') => i = at + 2,
-                Some(_) => {
-                    self.found = true;
-                    return;
-                }
-                None => {
-                    self.after_cr = true;
-                    return;
-                }
-            }
+            i = k + 1;
         }
     }
 
     /// At the last chunk: a trailing CR with nothing after it is bare too.
-    pub fn finish(&mut self) -> bool {
-        self.found || self.after_cr
+    pub fn finish(&mut self) -> (bool, bool) {
+        (
+            self.bare_newline || self.after_cr,
+            self.long_line || self.line_bytes > LINE_BYTES_MAX,
+        )
     }
+}
+
+/// Undoes dot-stuffing: the content as the sender meant it, from the queue's wire form.
+pub fn unstuff(wire: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(wire.len());
+    let mut at_line_start = true;
+    for &b in wire {
+        if !(at_line_start && b == b'.') {
+            out.push(b);
+        }
+        at_line_start = b == b'\n';
+    }
+    out
 }
 
 /// Counts `Received:` header fields in the header section (up to the first empty line).
@@ -272,16 +348,42 @@ mod tests {
     }
 
     #[test]
-    fn bdat_bare_check() {
-        let mut c = BareNewlineCheck::default();
-        c.feed(b"a\r");
-        c.feed(b"\nb\r\n");
-        assert!(!c.finish());
+    fn bdat_chunks_checked_and_stuffed() {
+        let mut c = ChunkCheck::default();
+        let mut out = Vec::new();
+        c.feed(b"a\r", &mut out);
+        c.feed(b"\n.b\r\n", &mut out);
+        c.feed(b".", &mut out);
+        c.feed(b"c\r\n", &mut out);
+        assert_eq!(c.finish(), (false, false));
+        assert_eq!(out, b"a\r\n..b\r\n..c\r\n");
+        assert_eq!(unstuff(&out), b"a\r\n.b\r\n.c\r\n");
         for bad in [&b"a\nb"[..], b"a\rb", b"a\r"] {
-            let mut c = BareNewlineCheck::default();
-            c.feed(bad);
-            assert!(c.finish(), "{bad:?}");
+            let mut c = ChunkCheck::default();
+            c.feed(bad, &mut Vec::new());
+            assert!(c.finish().0, "{bad:?}");
         }
+        let mut c = ChunkCheck::default();
+        c.feed(&[b'x'; 999], &mut Vec::new());
+        c.feed(b"\r\n", &mut Vec::new());
+        assert!(c.finish().1);
+    }
+
+    #[test]
+    fn wire_form_and_long_lines() {
+        let mut s = DataScanner::wire_form(1 << 20);
+        let mut out = Vec::new();
+        let (_, end) = s.feed(b"a\r\n..b\r\n.\r\n", &mut out);
+        assert_eq!(out, b"a\r\n..b\r\n");
+        assert!(!end.unwrap().long_line);
+        let mut line = vec![b'y'; 998];
+        line.extend_from_slice(b"\r\n.\r\n");
+        let mut s = DataScanner::new(1 << 20);
+        assert!(!s.feed(&line, &mut Vec::new()).1.unwrap().long_line);
+        let mut line = vec![b'y'; 999];
+        line.extend_from_slice(b"\r\n.\r\n");
+        let mut s = DataScanner::new(1 << 20);
+        assert!(s.feed(&line, &mut Vec::new()).1.unwrap().long_line);
     }
 
     #[test]

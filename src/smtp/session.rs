@@ -6,7 +6,7 @@
 //! from [`Session::stored`] once the queue log has synced it), ETRN, or closing.
 
 use super::address::Path;
-use super::data::{self, BareNewlineCheck, DataScanner};
+use super::data::{self, ChunkCheck, DataScanner};
 use super::parser::{self, Body, Command, Frame, MailParams, RcptParams, Ret};
 use super::policy::{Lookup, Policy};
 use crate::config::{Config, Expn, Vrfy};
@@ -56,6 +56,8 @@ pub struct Envelope {
     pub ret: Option<Ret>,
     pub envid: Option<String>,
     pub recipients: Vec<Recipient>,
+    /// The content has octets above 127: relayed with BODY=8BITMIME.
+    pub eight_bit: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +115,7 @@ pub struct Session<'c> {
     bdat_used: bool,
     body: Vec<u8>,
     scanner: DataScanner,
-    bare: BareNewlineCheck,
+    bare: ChunkCheck,
     bdat_over_limit: bool,
     errors: u32,
     etrn_node: String,
@@ -126,6 +128,8 @@ const NEED_RCPT: &str = "503 5.5.1 Error: need RCPT command";
 const NO_VALID_RCPT: &str = "554 5.5.1 Error: no valid recipients";
 const TOO_BIG: &str = "552 5.3.4 Message size exceeds fixed limit";
 const BARE_CONTENT: &str = "550 5.6.0 Message rejected: bare <CR> or <LF> in message content";
+const LONG_LINE: &str =
+    "550 5.6.0 Message rejected: a line is longer than 998 octets (RFC 5322 2.1.1)";
 
 impl<'c> Session<'c> {
     pub fn new(cfg: &'c SessionConfig, peer: IpAddr) -> Session<'c> {
@@ -142,8 +146,8 @@ impl<'c> Session<'c> {
             rcpt_accepted: 0,
             bdat_used: false,
             body: Vec::new(),
-            scanner: DataScanner::new(cfg.policy.max_message_bytes),
-            bare: BareNewlineCheck::default(),
+            scanner: DataScanner::wire_form(cfg.policy.max_message_bytes),
+            bare: ChunkCheck::default(),
             bdat_over_limit: false,
             errors: 0,
             etrn_node: String::new(),
@@ -209,7 +213,8 @@ impl<'c> Session<'c> {
         &self.envelope
     }
 
-    /// The message content as received (unstuffed), without our Received header.
+    /// The message content in wire form (dot-stuffed, as DATA carries it), without our
+    /// Received header.
     pub fn content(&self) -> &[u8] {
         &self.body
     }
@@ -340,12 +345,13 @@ impl<'c> Session<'c> {
         self.envelope.ret = None;
         self.envelope.envid = None;
         self.envelope.recipients.clear();
+        self.envelope.eight_bit = false;
         self.rcpt_attempts = 0;
         self.rcpt_accepted = 0;
         self.bdat_used = false;
         self.bdat_over_limit = false;
         self.body.clear();
-        self.bare = BareNewlineCheck::default();
+        self.bare = ChunkCheck::default();
     }
 
     /// Writes an error reply and counts it; past `max_errors` the session ends.
@@ -596,7 +602,7 @@ impl<'c> Session<'c> {
         }
         line(out, format_args!("354 End data with <CR><LF>.<CR><LF>"));
         self.body.clear();
-        self.scanner = DataScanner::new(self.cfg.policy.max_message_bytes);
+        self.scanner = DataScanner::wire_form(self.cfg.policy.max_message_bytes);
         self.state = State::Data;
     }
 
@@ -606,6 +612,8 @@ impl<'c> Session<'c> {
             Some(TOO_BIG)
         } else if end.bare_newline {
             Some(BARE_CONTENT)
+        } else if end.long_line {
+            Some(LONG_LINE)
         } else {
             None
         };
@@ -627,6 +635,7 @@ impl<'c> Session<'c> {
             self.reject(reply, out);
             return self.closing();
         }
+        self.envelope.eight_bit = self.body.iter().any(|&b| b >= 0x80);
         self.state = State::Storing;
         Some(Event::Message)
     }
@@ -661,8 +670,7 @@ impl<'c> Session<'c> {
             self.bdat_over_limit = true;
             return;
         }
-        self.bare.feed(chunk);
-        self.body.extend_from_slice(chunk);
+        self.bare.feed(chunk, &mut self.body);
     }
 
     fn end_of_chunk(
@@ -688,7 +696,11 @@ impl<'c> Session<'c> {
             );
             return None;
         }
-        let refusal = self.bare.finish().then_some(BARE_CONTENT);
+        let refusal = match self.bare.finish() {
+            (true, _) => Some(BARE_CONTENT),
+            (_, true) => Some(LONG_LINE),
+            _ => None,
+        };
         self.finish_content(refusal, out)
     }
 

@@ -286,7 +286,10 @@ pub struct Queued {
     pub id: String,
     pub sender: String,
     pub recipients: Vec<String>,
+    /// The content as the client meant it (unstuffed).
     pub content: Vec<u8>,
+    /// The content as stored: dot-stuffed wire form.
+    pub wire: Vec<u8>,
 }
 
 pub fn read_queue(queue_dir: &Path) -> Vec<Queued> {
@@ -301,6 +304,7 @@ pub fn read_queue(queue_dir: &Path) -> Vec<Queued> {
     for e in r.index.live() {
         let image = std::fs::read(&r.segments[e.home as usize]).expect("segment");
         let at = e.content_offset() as usize;
+        let wire = image[at..at + e.message.content_len as usize].to_vec();
         out.push(Queued {
             id: e.message.id.to_string(),
             sender: e.message.envelope.sender.clone(),
@@ -311,7 +315,8 @@ pub fn read_queue(queue_dir: &Path) -> Vec<Queued> {
                 .iter()
                 .map(|r| r.address.clone())
                 .collect(),
-            content: image[at..at + e.message.content_len as usize].to_vec(),
+            content: ringpost::smtp::data::unstuff(&wire),
+            wire,
         });
     }
     out
