@@ -393,6 +393,7 @@ mod tests {
             smtputf8: false,
             ret: Some(Ret::Hdrs),
             envid: Some("QQ+2B1".into()),
+            eight_bit: true,
             recipients: vec![
                 Recipient {
                     address: "c@d.test".into(),
