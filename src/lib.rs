@@ -4,8 +4,11 @@
 //! `net` build on them; `shard` wires everything together on glommio executors.
 
 pub mod config;
+pub mod deliver;
 pub mod net;
 pub mod queue;
+pub mod route;
 pub mod shard;
 pub mod smtp;
 pub mod time;
+pub mod tls;

@@ -176,6 +176,11 @@ fn serve(path: Option<&Path>) -> ExitCode {
                     "ringpost: shard {}: {} commits, {} records ({avg:.1} per commit), {} bytes, {} failed",
                     f.shard, l.commits, l.records, l.bytes, l.failed_commits
                 );
+                let d = f.delivery;
+                eprintln!(
+                    "ringpost: shard {}: delivery: {} connections, {} transactions; {} delivered, {} deferred, {} failed",
+                    f.shard, d.connections, d.transactions, d.delivered, d.deferred, d.failed
+                );
             }
             eprintln!("ringpost: stopped");
             ExitCode::SUCCESS

@@ -5,7 +5,6 @@ mod dns;
 mod report;
 mod send;
 mod sink;
-mod stream;
 mod tls;
 mod workload;
 

@@ -6,12 +6,12 @@
 //! (no coordinated omission).
 
 use crate::report::{self, Percentiles, SendReport};
-use crate::stream::{Conn, Reply, Stream};
 use crate::workload::{self, Body, Rng, Weighted};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
+use ringpost::net::stream::{Conn, Reply, Stream};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;

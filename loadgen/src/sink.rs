@@ -6,10 +6,10 @@
 //! made (id and checksum), counts delivered, duplicated and corrupted, and counts messages
 //! per connection so a test can prove that a relay batches.
 
-use crate::stream::{Conn, Stream};
 use crate::workload::{self, Integrity, Rng};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
+use ringpost::net::stream::{Conn, Stream};
 use ringpost::smtp::address::Path;
 use ringpost::smtp::data::DataScanner;
 use ringpost::smtp::parser::{frame, parse_command, skip_line, Command, Frame};

@@ -178,8 +178,9 @@ impl Conn<'_> {
                 Event::Close => return true,
                 Event::Message => self.store(session, out).await,
                 Event::Etrn => {
+                    let n = self.shard.qmgr.flush_domain(session.etrn_node());
                     log::info!(
-                        "shard {}: ETRN {} from {}",
+                        "shard {}: ETRN {} from {}: {n} deferred recipients retried now",
                         self.shard.id,
                         session.etrn_node(),
                         self.peer_text
@@ -209,6 +210,7 @@ impl Conn<'_> {
         });
         let result = ticket.wait().await;
         if result.is_ok() {
+            self.shard.qmgr.submit(id);
             log::debug!(
                 "{id_text}: from=<{}> nrcpt={} size={} client={}",
                 session.envelope().sender,

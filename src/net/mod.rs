@@ -1,3 +1,4 @@
 //! Sockets: the inbound SMTP listeners and connections of one shard.
 
 pub mod inbound;
+pub mod stream;

@@ -196,6 +196,11 @@ impl Log {
         f(&self.st.borrow().index)
     }
 
+    /// The file of a segment, for readers of message content.
+    pub fn segment_path(&self, seg: SegId) -> Option<PathBuf> {
+        self.st.borrow().segments.get(seg as usize).cloned()
+    }
+
     pub fn stats(&self) -> LogStats {
         self.st.borrow().stats
     }

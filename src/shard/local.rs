@@ -161,3 +161,47 @@ mod tests {
         assert_eq!(Pin::new(&mut w).poll(&mut cx), Poll::Ready(7));
     }
 }
+
+/// A wake-up for any number of waiting tasks, any number of times: `notify_all` wakes
+/// everyone waiting; each re-checks its own condition. For a few waiters (idle delivery
+/// connections of one site), simpler than handing work to one.
+#[derive(Default)]
+pub struct Notify {
+    generation: Cell<u64>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Notify {
+    pub fn notify_all(&self) {
+        self.generation.set(self.generation.get() + 1);
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    pub fn notified(&self) -> Notified<'_> {
+        Notified {
+            notify: self,
+            generation: self.generation.get(),
+        }
+    }
+}
+
+pub struct Notified<'a> {
+    notify: &'a Notify,
+    generation: u64,
+}
+
+impl Future for Notified<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.notify.generation.get() != self.generation {
+            return Poll::Ready(());
+        }
+        let mut w = self.notify.waiters.borrow_mut();
+        if !w.iter().any(|x| x.will_wake(cx.waker())) {
+            w.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}

@@ -2,13 +2,19 @@
 //! listeners (SO_REUSEPORT), its own queue log and its own sessions. Nothing on the data
 //! path is shared between shards; the only cross-thread state is the shutdown flag.
 
+pub mod links;
 pub mod local;
 
 use crate::config::Config;
+use crate::deliver::qmgr::QueueManager;
+use crate::deliver::{Deliverer, DeliveryStats, Mail};
 use crate::net::inbound;
 use crate::queue::log::{Log, LogSettings, LogStats, RecoveryReport};
 use crate::queue::recovery;
+use crate::route::dns::{self, Resolver};
+use crate::route::Router;
 use crate::smtp::session::SessionConfig;
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use local::{Latch, Signal};
@@ -51,6 +57,8 @@ pub struct Shard {
     pub drain_started: Rc<Latch<()>>,
     /// Set when the grace period is over: every session says 421 and goes.
     pub grace_over: Rc<Latch<()>>,
+    pub qmgr: Rc<QueueManager>,
+    pub deliverer: Rc<Deliverer>,
 }
 
 /// What a shard tells the main thread once it is serving (or why it could not start).
@@ -70,7 +78,13 @@ pub enum Startup {
 pub struct Finished {
     pub shard: usize,
     pub log: LogStats,
+    pub delivery: DeliveryStats,
 }
+
+/// Capacity of each cross-shard channel (jobs and reports).
+const MESH_CHANNEL_CAPACITY: usize = 4096;
+/// After delivery stops, how long a shard keeps listening for other shards' reports.
+const REPORT_SETTLE: Duration = Duration::from_millis(200);
 
 /// The directories shard `k` of `n` recovers: its own, then those of shards that no
 /// longer exist (a smaller `shards` than last run), spread by K mod n.
@@ -97,19 +111,21 @@ pub fn run(
     on_ready: impl FnOnce(&[Startup]),
 ) -> Result<Vec<Finished>, String> {
     let n = cpus.len();
+    let mesh: MeshBuilder<Mail, Full> = MeshBuilder::full(n, MESH_CHANNEL_CAPACITY);
     let (tx, rx) = mpsc::channel();
     let mut handles = Vec::with_capacity(n);
     for (k, &cpu) in cpus.iter().enumerate() {
         let config = Arc::clone(&config);
         let shutdown = Arc::clone(&shutdown);
         let tx = tx.clone();
+        let mesh = mesh.clone();
         let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard-{k}"))
             .ring_depth(config.tuning.ring_depth)
             .io_memory(config.tuning.io_memory_bytes)
             .preempt_timer(config.tuning.preempt_timer);
         let handle = builder
-            .spawn(move || async move { shard_main(k, n, cpu, config, shutdown, tx).await })
+            .spawn(move || async move { shard_main(k, n, cpu, config, shutdown, tx, mesh).await })
             .map_err(|e| format!("shard {k}: cannot start an executor on cpu {cpu}: {e}"))?;
         handles.push(handle);
     }
@@ -160,6 +176,7 @@ async fn shard_main(
     config: Arc<Config>,
     shutdown: Arc<AtomicBool>,
     tx: mpsc::Sender<Startup>,
+    mesh: MeshBuilder<Mail, Full>,
 ) -> Option<Finished> {
     let fail = |error: String| {
         let _ = tx.send(Startup::Failed { shard: k, error });
@@ -187,6 +204,43 @@ async fn shard_main(
     }
     let log = Rc::new(log);
     let committer = glommio::spawn_local(Rc::clone(&log).run_committer());
+    let (links, receivers) = match links::Links::join(n, mesh).await {
+        Ok(x) => x,
+        Err(e) => return fail(e),
+    };
+    let d = &config.delivery;
+    let servers = if d.dns.is_empty() {
+        dns::system_servers()
+    } else {
+        d.dns.clone()
+    };
+    let seed = crate::time::unix_micros() ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let resolver = Rc::new(Resolver::new(
+        servers,
+        d.dns_timeout,
+        d.dns_attempts,
+        d.negative_ttl,
+        seed as u16,
+    ));
+    let deliverer = Rc::new(Deliverer::new(
+        d.clone(),
+        config.server.hostname.clone(),
+        Rc::clone(&resolver),
+        links.reporter(),
+    ));
+    let router = Router::new(&config, Rc::clone(&resolver), seed);
+    let qmgr = Rc::new(QueueManager::new(
+        links.me,
+        n,
+        Rc::clone(&log),
+        router,
+        d.clone(),
+        config.server.hostname.clone(),
+        links.dispatcher(),
+    ));
+    links.connect(Rc::clone(&deliverer), Rc::clone(&qmgr), receivers);
+    qmgr.recover();
+    let retries = glommio::spawn_local(Rc::clone(&qmgr).retry_loop());
     let s = &config.server;
     let shard = Rc::new(Shard {
         id: k,
@@ -205,6 +259,8 @@ async fn shard_main(
         connection_closed: Signal::default(),
         drain_started: Rc::default(),
         grace_over: Rc::default(),
+        qmgr: Rc::clone(&qmgr),
+        deliverer: Rc::clone(&deliverer),
     });
     let acceptors: Vec<_> = listeners
         .into_iter()
@@ -224,11 +280,17 @@ async fn shard_main(
     for a in acceptors {
         a.await;
     }
+    qmgr.stop();
+    deliverer.stop(shard.limits.shutdown_grace).await;
+    retries.await;
+    // Reports from other shards' last transactions may still be on their way.
+    glommio::timer::sleep(REPORT_SETTLE).await;
     log.close().await;
     committer.await;
     Some(Finished {
         shard: k,
         log: log.stats(),
+        delivery: deliverer.stats.get(),
     })
 }
 

@@ -3,6 +3,7 @@
 //! socket or a file, so all of it is unit-tested, property-tested and fuzzed directly.
 
 pub mod address;
+pub mod client;
 pub mod data;
 pub mod parser;
 pub mod policy;

@@ -1,5 +1,5 @@
 //! A TCP stream that may have been upgraded to TLS (STARTTLS), with buffered SMTP line
-//! reading on top.
+//! and reply reading on top. Used by the delivery client and by loadgen.
 
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -46,6 +46,32 @@ impl Stream {
 
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Client(_) | Stream::Server(_))
+    }
+
+    /// The TCP socket under any TLS, for timeouts and addresses.
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Stream::Plain(s) => Some(s),
+            Stream::Client(s) => Some(s.get_ref().0),
+            Stream::Server(s) => Some(s.get_ref().0),
+            Stream::Gone => None,
+        }
+    }
+
+    /// The negotiated TLS version and cipher suite, for logs and trace headers.
+    pub fn tls_info(&self) -> Option<String> {
+        let (version, suite) = match self {
+            Stream::Client(s) => (
+                s.get_ref().1.protocol_version(),
+                s.get_ref().1.negotiated_cipher_suite(),
+            ),
+            Stream::Server(s) => (
+                s.get_ref().1.protocol_version(),
+                s.get_ref().1.negotiated_cipher_suite(),
+            ),
+            _ => return None,
+        };
+        Some(format!("{:?} {:?}", version?, suite?.suite()))
     }
 }
 

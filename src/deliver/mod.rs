@@ -1,0 +1,572 @@
+//! Delivery on the shard that owns a site: a ready queue per site, a pool of outbound
+//! connections that grows with the queue (up to `max_connections_per_host`) and shrinks
+//! after `idle_timeout`, many messages per connection, all of a message's recipients for
+//! the site in one transaction. Outcomes go back, per recipient, to the shard whose log
+//! holds the message.
+
+pub mod bounce;
+pub mod qmgr;
+pub mod wheel;
+
+use crate::config::{Delivery as DeliveryConfig, OutboundTls};
+use crate::net::stream::{Conn, Stream};
+use crate::queue::record::{OutcomeKind, QueueId};
+use crate::route::dns::{self, Answer, Resolver};
+use crate::route::{Protocol, Site};
+use crate::shard::local::Notify;
+use crate::smtp::client::{
+    self, Capabilities, Disposition, Failure, OutEnvelope, OutRcpt, Reply, Step, Transaction,
+};
+use crate::smtp::parser::Ret;
+use glommio::io::BufferedFile;
+use glommio::net::TcpStream;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Open segment files kept per shard for reading message content.
+const OPEN_SEGMENTS_MAX: usize = 64;
+
+/// One message's recipients for one site: what the owner shard needs to deliver it.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The shard whose log holds the message (a mesh peer index).
+    pub origin: usize,
+    pub id: QueueId,
+    pub segment: Arc<PathBuf>,
+    pub content_offset: u64,
+    pub content_len: u64,
+    pub sender: String,
+    pub smtputf8: bool,
+    pub eight_bit: bool,
+    pub ret: Option<Ret>,
+    pub envid: Option<String>,
+    pub site: Arc<Site>,
+    pub rcpts: Vec<JobRcpt>,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobRcpt {
+    pub index: u32,
+    pub address: String,
+    pub notify: Option<u8>,
+    pub orcpt: Option<String>,
+}
+
+/// The result of one recipient's attempt, for the log shard.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub origin: usize,
+    pub id: QueueId,
+    pub index: u32,
+    pub kind: OutcomeKind,
+    pub reply: String,
+    /// The host that answered, for the DSN's Remote-MTA.
+    pub remote: Option<String>,
+}
+
+/// What crosses between shards.
+#[derive(Debug)]
+pub enum Mail {
+    Deliver(Job),
+    Report(Report),
+}
+
+struct SiteQueue {
+    site: Arc<Site>,
+    ready: RefCell<VecDeque<Job>>,
+    work: Notify,
+    connections: Cell<u32>,
+    idle: Cell<u32>,
+}
+
+/// Counters for the operator.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DeliveryStats {
+    pub connections: u64,
+    pub transactions: u64,
+    pub delivered: u64,
+    pub deferred: u64,
+    pub failed: u64,
+}
+
+pub struct Deliverer {
+    cfg: DeliveryConfig,
+    hostname: String,
+    resolver: Rc<Resolver>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    sites: RefCell<HashMap<String, Rc<SiteQueue>>>,
+    files: RefCell<HashMap<Arc<PathBuf>, Rc<BufferedFile>>>,
+    report: Box<dyn Fn(Report)>,
+    stopping: Cell<bool>,
+    busy: Cell<u32>,
+    idle_changed: Notify,
+    pub stats: Cell<DeliveryStats>,
+}
+
+impl Deliverer {
+    pub fn new(
+        cfg: DeliveryConfig,
+        hostname: String,
+        resolver: Rc<Resolver>,
+        report: Box<dyn Fn(Report)>,
+    ) -> Deliverer {
+        let tls = match cfg.tls {
+            OutboundTls::Opportunistic => crate::tls::opportunistic_client()
+                .map_err(|e| log::error!("TLS client config: {e}"))
+                .ok(),
+            OutboundTls::None => None,
+        };
+        Deliverer {
+            cfg,
+            hostname,
+            resolver,
+            tls,
+            sites: RefCell::new(HashMap::new()),
+            files: RefCell::new(HashMap::new()),
+            report,
+            stopping: Cell::new(false),
+            busy: Cell::new(0),
+            idle_changed: Notify::default(),
+            stats: Cell::new(DeliveryStats::default()),
+        }
+    }
+
+    fn count(&self, f: impl FnOnce(&mut DeliveryStats)) {
+        let mut s = self.stats.get();
+        f(&mut s);
+        self.stats.set(s);
+    }
+
+    /// Queues a job on its site and opens a connection if the queue outgrew the idle ones.
+    pub fn enqueue(self: &Rc<Self>, job: Job) {
+        let sq = {
+            let mut sites = self.sites.borrow_mut();
+            Rc::clone(sites.entry(job.site.key.clone()).or_insert_with(|| {
+                Rc::new(SiteQueue {
+                    site: Arc::clone(&job.site),
+                    ready: RefCell::new(VecDeque::new()),
+                    work: Notify::default(),
+                    connections: Cell::new(0),
+                    idle: Cell::new(0),
+                })
+            }))
+        };
+        sq.ready.borrow_mut().push_back(job);
+        sq.work.notify_all();
+        self.grow(&sq);
+    }
+
+    fn grow(self: &Rc<Self>, sq: &Rc<SiteQueue>) {
+        let waiting = sq.ready.borrow().len() as u32;
+        if self.stopping.get()
+            || waiting <= sq.idle.get()
+            || sq.connections.get() >= self.cfg.max_connections_per_host
+        {
+            return;
+        }
+        sq.connections.set(sq.connections.get() + 1);
+        glommio::spawn_local(Rc::clone(self).connection(Rc::clone(sq))).detach();
+    }
+
+    /// Stops taking jobs; returns once no transaction is in flight (or at `deadline`).
+    pub async fn stop(&self, within: Duration) {
+        self.stopping.set(true);
+        for sq in self.sites.borrow().values() {
+            sq.work.notify_all();
+        }
+        let _ = glommio::timer::timeout(within, async {
+            while self.busy.get() > 0 {
+                self.idle_changed.notified().await;
+            }
+            Ok(())
+        })
+        .await;
+    }
+
+    fn report_all(&self, job: &Job, kind: OutcomeKind, reply: &str, remote: Option<&str>) {
+        for r in &job.rcpts {
+            self.report_one(job, r.index, kind, reply.to_string(), remote);
+        }
+    }
+
+    fn report_one(
+        &self,
+        job: &Job,
+        index: u32,
+        kind: OutcomeKind,
+        reply: String,
+        remote: Option<&str>,
+    ) {
+        self.count(|s| match kind {
+            OutcomeKind::Delivered => s.delivered += 1,
+            OutcomeKind::Deferred => s.deferred += 1,
+            OutcomeKind::Failed => s.failed += 1,
+        });
+        (self.report)(Report {
+            origin: job.origin,
+            id: job.id,
+            index,
+            kind,
+            reply,
+            remote: remote.map(str::to_string),
+        });
+    }
+
+    async fn connection(self: Rc<Self>, sq: Rc<SiteQueue>) {
+        match self.open(&sq.site).await {
+            Err(reason) => {
+                // No host of the site can be reached: everything waiting for it is deferred.
+                let jobs: Vec<Job> = sq.ready.borrow_mut().drain(..).collect();
+                for job in &jobs {
+                    self.report_all(job, OutcomeKind::Deferred, &reason, None);
+                }
+            }
+            Ok(mut out) => {
+                self.count(|s| s.connections += 1);
+                let mut sent = 0u32;
+                while let Some(job) = self.next_job(&sq).await {
+                    self.busy.set(self.busy.get() + 1);
+                    let usable = self.transaction(&mut out, job).await;
+                    self.busy.set(self.busy.get() - 1);
+                    self.idle_changed.notify_all();
+                    sent += 1;
+                    if !usable || sent >= self.cfg.max_messages_per_connection {
+                        break;
+                    }
+                }
+                let _ = glommio::timer::timeout(
+                    self.cfg.command_timeout.min(Duration::from_secs(5)),
+                    async {
+                        out.conn.send(b"QUIT\r\n").await?;
+                        let _ = out.conn.reply().await;
+                        Ok(())
+                    },
+                )
+                .await;
+            }
+        }
+        sq.connections.set(sq.connections.get() - 1);
+        if !sq.ready.borrow().is_empty() {
+            self.grow(&sq);
+        }
+    }
+
+    /// The next job for a connection of this site, waiting up to `idle_timeout`.
+    async fn next_job(&self, sq: &SiteQueue) -> Option<Job> {
+        loop {
+            if self.stopping.get() {
+                return None;
+            }
+            if let Some(job) = sq.ready.borrow_mut().pop_front() {
+                return Some(job);
+            }
+            sq.idle.set(sq.idle.get() + 1);
+            let woke = glommio::timer::timeout(self.cfg.idle_timeout, async {
+                sq.work.notified().await;
+                Ok(())
+            })
+            .await;
+            sq.idle.set(sq.idle.get() - 1);
+            if woke.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Connects to the first host of the site that answers with 2xx, says EHLO (HELO if
+    /// refused), and upgrades with STARTTLS when offered.
+    async fn open(&self, site: &Site) -> Result<Outbound, String> {
+        let mut last = format!(
+            "451 4.4.1 no host of {} could be reached",
+            site.hosts.join(", ")
+        );
+        for host in &site.hosts {
+            let ips = match self.resolver.addresses(host).await {
+                Ok(Answer::Records(r)) => dns::ips(&r),
+                Ok(_) => {
+                    last = format!("451 4.4.4 {host}: no address records");
+                    continue;
+                }
+                Err(e) => {
+                    last = format!("451 4.4.3 {host}: address lookup failed: {e}");
+                    continue;
+                }
+            };
+            for ip in ips {
+                let addr = SocketAddr::new(ip, site.port);
+                match self.try_host(host, addr, site.protocol).await {
+                    Ok(out) => return Ok(out),
+                    Err(e) => last = format!("451 4.4.1 {host}[{ip}]:{}: {e}", site.port),
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn try_host(
+        &self,
+        host: &str,
+        addr: SocketAddr,
+        protocol: Protocol,
+    ) -> io::Result<Outbound> {
+        let tcp = TcpStream::connect_timeout(addr, self.cfg.connect_timeout)
+            .await
+            .map_err(io::Error::from)?;
+        tcp.set_read_timeout(Some(self.cfg.command_timeout))?;
+        tcp.set_write_timeout(Some(self.cfg.command_timeout))?;
+        let _ = tcp.set_nodelay(true);
+        let mut conn = Conn::new(Stream::Plain(tcp));
+        let greeting = conn.reply().await?;
+        if greeting.code != 220 {
+            return Err(io::Error::other(format!(
+                "greeting {} {}",
+                greeting.code,
+                greeting.lines.join(" ")
+            )));
+        }
+        let lmtp = protocol == Protocol::Lmtp;
+        let mut caps = self.hello(&mut conn, lmtp).await?;
+        if caps.starttls {
+            if let Some(tls) = &self.tls {
+                conn.send(b"STARTTLS\r\n").await?;
+                let r = conn.reply().await?;
+                if r.code == 220 {
+                    let plain = std::mem::replace(&mut conn.stream, Stream::Gone);
+                    conn = Conn::new(
+                        plain
+                            .upgrade_client(Arc::clone(tls), host.trim_end_matches('.'))
+                            .await?,
+                    );
+                    caps = self.hello(&mut conn, lmtp).await?;
+                }
+            }
+        }
+        Ok(Outbound {
+            conn,
+            caps,
+            remote: format!("{host}[{}]", addr.ip()),
+            lmtp,
+        })
+    }
+
+    async fn hello(&self, conn: &mut Conn, lmtp: bool) -> io::Result<Capabilities> {
+        let verb = if lmtp { "LHLO" } else { "EHLO" };
+        conn.send(format!("{verb} {}\r\n", self.hostname).as_bytes())
+            .await?;
+        let r = conn.reply().await?;
+        if r.code == 250 {
+            return Ok(Capabilities::from_ehlo(&r.lines));
+        }
+        if lmtp {
+            return Err(io::Error::other(format!(
+                "LHLO refused: {}",
+                r.lines.join(" ")
+            )));
+        }
+        conn.send(format!("HELO {}\r\n", self.hostname).as_bytes())
+            .await?;
+        let r = conn.reply().await?;
+        if r.code != 250 {
+            return Err(io::Error::other(format!(
+                "HELO refused: {}",
+                r.lines.join(" ")
+            )));
+        }
+        Ok(Capabilities::default())
+    }
+
+    /// The segment file for reading content. Buffered (page cache) reads: the log writes
+    /// with O_DIRECT, but glommio's O_DIRECT reads probe for polled I/O, which virtual
+    /// disks refuse (EOPNOTSUPP); a buffered read of a just-written segment is as cheap.
+    async fn file(&self, path: &Arc<PathBuf>) -> io::Result<Rc<BufferedFile>> {
+        let cached = self.files.borrow().get(path).cloned();
+        if let Some(f) = cached {
+            return Ok(f);
+        }
+        let opened = BufferedFile::open(path.as_path())
+            .await
+            .map_err(io::Error::from)?;
+        // Another connection may have opened it meanwhile: keep one, close the other.
+        let existing = self.files.borrow().get(path).cloned();
+        if let Some(f) = existing {
+            let _ = opened.close().await;
+            return Ok(f);
+        }
+        let f = Rc::new(opened);
+        let mut files = self.files.borrow_mut();
+        if files.len() >= OPEN_SEGMENTS_MAX {
+            files.clear();
+        }
+        files.insert(Arc::clone(path), Rc::clone(&f));
+        Ok(f)
+    }
+
+    /// One message over an open connection. Returns whether the connection is still usable.
+    async fn transaction(&self, out: &mut Outbound, job: Job) -> bool {
+        self.count(|s| s.transactions += 1);
+        let env = OutEnvelope {
+            sender: &job.sender,
+            smtputf8: job.smtputf8,
+            eight_bit: job.eight_bit,
+            ret: job.ret,
+            envid: job.envid.as_deref(),
+            size: job.content_len,
+        };
+        if let Err(f) = client::precheck(&env, &out.caps) {
+            self.report_all(
+                &job,
+                kind_of(Disposition::of_failure(&f)),
+                f.text(),
+                Some(&out.remote),
+            );
+            return true;
+        }
+        let content = match self.file(&job.segment).await {
+            Ok(f) => f
+                .read_at(job.content_offset, job.content_len as usize)
+                .await
+                .map_err(io::Error::from),
+            Err(e) => Err(e),
+        };
+        let content = match content {
+            Ok(c) if c.len() as u64 == job.content_len => c,
+            Ok(_) => {
+                self.report_all(
+                    &job,
+                    OutcomeKind::Deferred,
+                    "451 4.3.0 queue file is short",
+                    None,
+                );
+                return true;
+            }
+            Err(e) => {
+                self.report_all(
+                    &job,
+                    OutcomeKind::Deferred,
+                    &format!("451 4.3.0 cannot read the queue: {e}"),
+                    None,
+                );
+                return true;
+            }
+        };
+        let rcpts: Vec<OutRcpt<'_>> = job
+            .rcpts
+            .iter()
+            .map(|r| OutRcpt {
+                address: &r.address,
+                notify: r.notify,
+                orcpt: r.orcpt.as_deref(),
+            })
+            .collect();
+        let mut tx = Transaction::new(rcpts.len(), out.caps.pipelining, out.lmtp);
+        let lost = Failure::Lost(format!(
+            "451 4.4.2 {}: connection lost during the transaction",
+            out.remote
+        ));
+        let result = self.drive(out, &env, &rcpts, &mut tx, &content).await;
+        for (r, (disposition, reply)) in job.rcpts.iter().zip(tx.results(&lost)) {
+            self.report_one(
+                &job,
+                r.index,
+                kind_of(disposition),
+                reply,
+                Some(&out.remote),
+            );
+        }
+        match result {
+            Ok(true) => true,
+            Ok(false) => out.reset().await.is_ok(),
+            Err(e) => {
+                log::debug!("delivery to {} broke: {e}", out.remote);
+                false
+            }
+        }
+    }
+
+    /// Sends the commands and content and feeds the replies to `tx`. Ok(clean).
+    async fn drive(
+        &self,
+        out: &mut Outbound,
+        env: &OutEnvelope<'_>,
+        rcpts: &[OutRcpt<'_>],
+        tx: &mut Transaction,
+        content: &[u8],
+    ) -> io::Result<bool> {
+        let mut buf = Vec::with_capacity(256);
+        client::mail_command(env, &out.caps, &mut buf);
+        if out.caps.pipelining {
+            for r in rcpts {
+                client::rcpt_command(r, &out.caps, &mut buf);
+            }
+            buf.extend_from_slice(b"DATA\r\n");
+        }
+        out.conn.send(&buf).await?;
+        loop {
+            let reply = out.conn.reply().await?;
+            match tx.on_reply(Reply::new(reply.code, &reply.lines)) {
+                Step::Read => {}
+                Step::SendRcpt(i) => {
+                    buf.clear();
+                    client::rcpt_command(&rcpts[i], &out.caps, &mut buf);
+                    out.conn.send(&buf).await?;
+                }
+                Step::SendData => out.conn.send(b"DATA\r\n").await?,
+                Step::SendContent => {
+                    out.set_timeout(self.cfg.data_timeout);
+                    out.conn.send(content).await?;
+                    let end: &[u8] = if content.is_empty() || content.ends_with(b"\r\n") {
+                        b".\r\n"
+                    } else {
+                        b"\r\n.\r\n"
+                    };
+                    out.conn.send(end).await?;
+                }
+                Step::SendEmpty => out.conn.send(b".\r\n").await?,
+                Step::Done { clean } => {
+                    out.set_timeout(self.cfg.command_timeout);
+                    return Ok(clean);
+                }
+            }
+        }
+    }
+}
+
+fn kind_of(d: Disposition) -> OutcomeKind {
+    match d {
+        Disposition::Delivered => OutcomeKind::Delivered,
+        Disposition::Deferred => OutcomeKind::Deferred,
+        Disposition::Failed => OutcomeKind::Failed,
+    }
+}
+
+/// An open outbound session.
+struct Outbound {
+    conn: Conn,
+    caps: Capabilities,
+    remote: String,
+    lmtp: bool,
+}
+
+impl Outbound {
+    fn set_timeout(&self, t: Duration) {
+        if let Some(tcp) = self.conn.stream.tcp() {
+            let _ = tcp.set_read_timeout(Some(t));
+        }
+    }
+
+    async fn reset(&mut self) -> io::Result<()> {
+        self.conn.send(b"RSET\r\n").await?;
+        let r = self.conn.reply().await?;
+        if r.code == 250 {
+            Ok(())
+        } else {
+            Err(io::Error::other("RSET refused"))
+        }
+    }
+}

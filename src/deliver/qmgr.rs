@@ -1,0 +1,616 @@
+//! The queue manager of one shard: the life of every message in this shard's log.
+//!
+//! It routes each recipient (route table or MX) to a site and hands the site's owner
+//! shard a [`Job`]; it records every outcome the delivery shards report in the log; it
+//! schedules retries on a timer wheel with exponential backoff and jitter, expires what
+//! is older than `max_age`, and returns a DSN to the sender for what failed. A message
+//! whose recipients are all final is finished, and its segment can go.
+
+use super::bounce::{self, Dsn, DsnRcpt};
+use super::wheel::TimerWheel;
+use super::{Job, JobRcpt, Report};
+use crate::config::Delivery as DeliveryConfig;
+use crate::queue::index::RcptState;
+use crate::queue::log::Log;
+use crate::queue::record::{NewMessage, Outcome, OutcomeKind, QueueId};
+use crate::route::{RouteError, Router, Site};
+use crate::smtp::parser::notify;
+use crate::smtp::session::{Envelope, Recipient};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Retry wheel: one-second slots, one hour per turn.
+const WHEEL_SLOT: Duration = Duration::from_secs(1);
+const WHEEL_SLOTS: usize = 3600;
+/// How often the retry loop looks at the wheel.
+const RETRY_TICK: Duration = Duration::from_millis(250);
+/// Retry delays vary by up to this fraction either way, so retries do not come in waves.
+const JITTER_FRACTION: f64 = 0.1;
+
+/// What the queue manager remembers of a message with outcomes in flight.
+#[derive(Default)]
+struct Open {
+    /// Recipients not final yet.
+    remaining: usize,
+    finals: HashSet<u32>,
+    failures: Vec<Failure>,
+    delay_warned: bool,
+}
+
+struct Failure {
+    index: u32,
+    reply: String,
+    status: String,
+    remote: Option<String>,
+}
+
+pub struct QueueManager {
+    /// This shard's mesh index; jobs carry it as their origin.
+    me: usize,
+    shards: usize,
+    log: Rc<Log>,
+    router: Router,
+    cfg: DeliveryConfig,
+    hostname: String,
+    dispatch: Box<dyn Fn(usize, Job)>,
+    wheel: RefCell<TimerWheel<(QueueId, u32)>>,
+    /// Retry time per scheduled recipient; a wheel entry that no longer matches is stale.
+    scheduled: RefCell<HashMap<(QueueId, u32), u64>>,
+    attempts: RefCell<HashMap<(QueueId, u32), u32>>,
+    open: RefCell<HashMap<QueueId, Open>>,
+    rng: Cell<u64>,
+    stopping: Cell<bool>,
+}
+
+impl QueueManager {
+    pub fn new(
+        me: usize,
+        shards: usize,
+        log: Rc<Log>,
+        router: Router,
+        cfg: DeliveryConfig,
+        hostname: String,
+        dispatch: Box<dyn Fn(usize, Job)>,
+    ) -> QueueManager {
+        let now = crate::time::unix_micros();
+        QueueManager {
+            me,
+            shards,
+            log,
+            router,
+            cfg,
+            hostname,
+            dispatch,
+            wheel: RefCell::new(TimerWheel::new(WHEEL_SLOT, WHEEL_SLOTS, now)),
+            scheduled: RefCell::new(HashMap::new()),
+            attempts: RefCell::new(HashMap::new()),
+            open: RefCell::new(HashMap::new()),
+            rng: Cell::new(now | 1),
+            stopping: Cell::new(false),
+        }
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Everything recovered from the log: pending recipients go now, deferred ones at
+    /// their time.
+    pub fn recover(self: &Rc<Self>) {
+        let mut now_list: Vec<(QueueId, Vec<u32>)> = Vec::new();
+        let mut later: Vec<(u64, QueueId, u32)> = Vec::new();
+        self.log.with_index(|ix| {
+            for e in ix.live() {
+                let mut pending = Vec::new();
+                for (i, s) in e.rcpt_states.iter().enumerate() {
+                    match s {
+                        RcptState::Pending => pending.push(i as u32),
+                        RcptState::Deferred { until_micros } => {
+                            later.push((*until_micros, e.message.id, i as u32))
+                        }
+                        _ => {}
+                    }
+                }
+                if !pending.is_empty() {
+                    now_list.push((e.message.id, pending));
+                }
+            }
+        });
+        for (until, id, i) in later {
+            self.schedule(id, i, until);
+        }
+        for (id, rcpts) in now_list {
+            glommio::spawn_local(Rc::clone(self).route(id, rcpts)).detach();
+        }
+    }
+
+    /// A message was just stored: route all its recipients.
+    pub fn submit(self: &Rc<Self>, id: QueueId) {
+        let n = self
+            .log
+            .with_index(|ix| ix.get(id).map_or(0, |e| e.rcpt_states.len()));
+        glommio::spawn_local(Rc::clone(self).route(id, (0..n as u32).collect())).detach();
+    }
+
+    /// ETRN: retry now every deferred recipient in `domain`.
+    pub fn flush_domain(self: &Rc<Self>, domain: &str) -> usize {
+        let domain = domain.to_ascii_lowercase();
+        let keys: Vec<(QueueId, u32)> = self.scheduled.borrow().keys().copied().collect();
+        let mut by_id: BTreeMap<QueueId, Vec<u32>> = BTreeMap::new();
+        self.log.with_index(|ix| {
+            for (id, i) in keys {
+                let matches = ix
+                    .get(id)
+                    .and_then(|e| e.message.envelope.recipients.get(i as usize))
+                    .and_then(|r| r.address.rsplit_once('@'))
+                    .is_some_and(|(_, d)| d.eq_ignore_ascii_case(&domain));
+                if matches {
+                    by_id.entry(id).or_default().push(i);
+                }
+            }
+        });
+        let mut n = 0;
+        for (id, rcpts) in by_id {
+            for i in &rcpts {
+                self.scheduled.borrow_mut().remove(&(id, *i));
+            }
+            n += rcpts.len();
+            glommio::spawn_local(Rc::clone(self).route(id, rcpts)).detach();
+        }
+        n
+    }
+
+    pub fn stop(&self) {
+        self.stopping.set(true);
+    }
+
+    fn schedule(&self, id: QueueId, index: u32, until_micros: u64) {
+        self.scheduled
+            .borrow_mut()
+            .insert((id, index), until_micros);
+        self.wheel.borrow_mut().insert(until_micros, (id, index));
+    }
+
+    /// Fires due retries until stopped.
+    pub async fn retry_loop(self: Rc<Self>) {
+        let mut due = Vec::new();
+        while !self.stopping.get() {
+            glommio::timer::sleep(RETRY_TICK).await;
+            let now = crate::time::unix_micros();
+            self.wheel.borrow_mut().advance(now, &mut due);
+            let mut by_id: BTreeMap<QueueId, Vec<u32>> = BTreeMap::new();
+            for (id, i) in due.drain(..) {
+                let current = self.scheduled.borrow().get(&(id, i)).copied();
+                if current.is_some_and(|t| t <= now) {
+                    self.scheduled.borrow_mut().remove(&(id, i));
+                    by_id.entry(id).or_default().push(i);
+                }
+            }
+            for (id, rcpts) in by_id {
+                glommio::spawn_local(Rc::clone(&self).route(id, rcpts)).detach();
+            }
+        }
+    }
+
+    /// Routes recipients of one message and dispatches a job per site.
+    async fn route(self: Rc<Self>, id: QueueId, rcpts: Vec<u32>) {
+        let Some(snapshot) = self.snapshot(id, &rcpts) else {
+            return;
+        };
+        let mut by_domain: BTreeMap<String, Vec<JobRcpt>> = BTreeMap::new();
+        for r in snapshot.rcpts {
+            let domain = r
+                .address
+                .rsplit_once('@')
+                .map_or("", |(_, d)| d)
+                .to_ascii_lowercase();
+            by_domain.entry(domain).or_default().push(r);
+        }
+        let mut by_site: HashMap<String, (Arc<Site>, Vec<JobRcpt>)> = HashMap::new();
+        for (domain, rs) in by_domain {
+            match self.router.route(&domain).await {
+                Ok(site) => by_site
+                    .entry(site.key.clone())
+                    .or_insert_with(|| (site, Vec::new()))
+                    .1
+                    .extend(rs),
+                Err(e) => {
+                    let (kind, reply) = match e {
+                        RouteError::Permanent(t) => (OutcomeKind::Failed, t),
+                        RouteError::Temporary(t) => (OutcomeKind::Deferred, t),
+                    };
+                    for r in rs {
+                        let report = Report {
+                            origin: self.me,
+                            id,
+                            index: r.index,
+                            kind,
+                            reply: reply.clone(),
+                            remote: None,
+                        };
+                        glommio::spawn_local(Rc::clone(&self).on_report(report)).detach();
+                    }
+                }
+            }
+        }
+        let chunk = self.cfg.max_recipients_per_transaction.max(1) as usize;
+        for (_, (site, rs)) in by_site {
+            for part in rs.chunks(chunk) {
+                let job = Job {
+                    origin: self.me,
+                    id,
+                    segment: Arc::clone(&snapshot.segment),
+                    content_offset: snapshot.content_offset,
+                    content_len: snapshot.content_len,
+                    sender: snapshot.envelope.sender.clone(),
+                    smtputf8: snapshot.envelope.smtputf8,
+                    eight_bit: snapshot.envelope.eight_bit,
+                    ret: snapshot.envelope.ret,
+                    envid: snapshot.envelope.envid.clone(),
+                    site: Arc::clone(&site),
+                    rcpts: part.to_vec(),
+                };
+                (self.dispatch)(site.owner(self.shards), job);
+            }
+        }
+    }
+
+    fn snapshot(&self, id: QueueId, rcpts: &[u32]) -> Option<Snapshot> {
+        let (home, offset, len, envelope, states) = self.log.with_index(|ix| {
+            let e = ix.get(id)?;
+            Some((
+                e.home,
+                e.content_offset(),
+                e.message.content_len,
+                e.message.envelope.clone(),
+                e.rcpt_states.clone(),
+            ))
+        })?;
+        let segment = Arc::new(self.log.segment_path(home)?);
+        let rcpts = rcpts
+            .iter()
+            .filter(|&&i| states.get(i as usize).is_some_and(|s| !s.is_final()))
+            .filter_map(|&i| {
+                let r: &Recipient = envelope.recipients.get(i as usize)?;
+                Some(JobRcpt {
+                    index: i,
+                    address: r.address.clone(),
+                    notify: r.notify,
+                    orcpt: r.orcpt.clone(),
+                })
+            })
+            .collect();
+        Some(Snapshot {
+            segment,
+            content_offset: offset,
+            content_len: len,
+            envelope,
+            rcpts,
+        })
+    }
+
+    /// Records one recipient's outcome, then retries, expires or bounces as it says.
+    pub async fn on_report(self: Rc<Self>, r: Report) {
+        let Some((arrival, envelope)) = self.log.with_index(|ix| {
+            ix.get(r.id)
+                .map(|e| (e.message.arrival_micros, e.message.envelope.clone()))
+        }) else {
+            return;
+        };
+        let now = crate::time::unix_micros();
+        let age = Duration::from_micros(now.saturating_sub(arrival));
+        let (kind, reply) = match r.kind {
+            OutcomeKind::Deferred if age >= self.cfg.max_age => (
+                OutcomeKind::Failed,
+                format!(
+                    "{} (delivery time expired after {})",
+                    r.reply,
+                    crate::config::duration::format(self.cfg.max_age)
+                ),
+            ),
+            k => (k, r.reply.clone()),
+        };
+        let address = envelope
+            .recipients
+            .get(r.index as usize)
+            .map(|x| x.address.clone())
+            .unwrap_or_default();
+        match kind {
+            OutcomeKind::Deferred => self.defer(r, &envelope, age, now).await,
+            OutcomeKind::Delivered | OutcomeKind::Failed => {
+                let expired = r.kind == OutcomeKind::Deferred;
+                let (fresh, last) = self.mark_final(r.id, r.index);
+                if !fresh {
+                    return;
+                }
+                if kind == OutcomeKind::Failed {
+                    let status = if expired {
+                        "4.4.7".to_string()
+                    } else {
+                        bounce::status_of(&reply, true)
+                    };
+                    if let Some(open) = self.open.borrow_mut().get_mut(&r.id) {
+                        open.failures.push(Failure {
+                            index: r.index,
+                            reply: reply.clone(),
+                            status,
+                            remote: r.remote.clone(),
+                        });
+                    }
+                    log::info!(
+                        "{}: to=<{address}>, relay={}, status=bounced ({reply})",
+                        r.id,
+                        r.remote.as_deref().unwrap_or("none")
+                    );
+                } else {
+                    log::debug!(
+                        "{}: to=<{address}>, relay={}, status=sent ({reply})",
+                        r.id,
+                        r.remote.as_deref().unwrap_or("none")
+                    );
+                }
+                if last {
+                    // The content is still on disk: the message is not finished until the
+                    // outcome below is written.
+                    self.bounce_if_needed(r.id, &envelope, arrival, now).await;
+                }
+                let outcome = Outcome {
+                    id: r.id,
+                    rcpt: r.index,
+                    kind,
+                    at_micros: now,
+                    reply,
+                };
+                if let Err(e) = self.log.append_outcome(outcome).wait().await {
+                    log::error!("{}: cannot record the outcome for <{address}>: {e:?}; it will be retried after a restart", r.id);
+                }
+                if last {
+                    self.open.borrow_mut().remove(&r.id);
+                    self.attempts.borrow_mut().retain(|(id, _), _| *id != r.id);
+                }
+            }
+        }
+    }
+
+    /// Marks a recipient final; returns (not seen before, it was the last one).
+    fn mark_final(&self, id: QueueId, index: u32) -> (bool, bool) {
+        let mut open = self.open.borrow_mut();
+        let o = open.entry(id).or_insert_with(|| Open {
+            remaining: self.log.with_index(|ix| {
+                ix.get(id).map_or(0, |e| {
+                    e.rcpt_states.iter().filter(|s| !s.is_final()).count()
+                })
+            }),
+            ..Open::default()
+        });
+        if !o.finals.insert(index) {
+            return (false, false);
+        }
+        o.remaining = o.remaining.saturating_sub(1);
+        (true, o.remaining == 0)
+    }
+
+    async fn defer(&self, r: Report, envelope: &Envelope, age: Duration, now: u64) {
+        let attempt = {
+            let mut a = self.attempts.borrow_mut();
+            let n = a.entry((r.id, r.index)).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let base = self
+            .cfg
+            .retry_initial
+            .saturating_mul(1u32 << (attempt - 1).min(20))
+            .min(self.cfg.retry_max);
+        let until = now + self.jitter(base).as_micros() as u64;
+        let address = envelope
+            .recipients
+            .get(r.index as usize)
+            .map(|x| x.address.as_str())
+            .unwrap_or_default();
+        log::info!(
+            "{}: to=<{address}>, relay={}, status=deferred ({})",
+            r.id,
+            r.remote.as_deref().unwrap_or("none"),
+            r.reply
+        );
+        let outcome = Outcome {
+            id: r.id,
+            rcpt: r.index,
+            kind: OutcomeKind::Deferred,
+            at_micros: until,
+            reply: r.reply.clone(),
+        };
+        if self.log.append_outcome(outcome).wait().await.is_err() {
+            log::error!("{}: cannot record a deferral; retrying anyway", r.id);
+        }
+        self.schedule(r.id, r.index, until);
+        self.delay_warning(&r, envelope, age, now).await;
+    }
+
+    fn jitter(&self, d: Duration) -> Duration {
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        let unit = (x >> 11) as f64 / (1u64 << 53) as f64; // 0..1
+        d.mul_f64(1.0 + JITTER_FRACTION * (2.0 * unit - 1.0))
+    }
+
+    async fn delay_warning(&self, r: &Report, envelope: &Envelope, age: Duration, now: u64) {
+        if self.cfg.delay_warning.is_zero()
+            || age < self.cfg.delay_warning
+            || envelope.sender.is_empty()
+        {
+            return;
+        }
+        let rcpt = envelope.recipients.get(r.index as usize);
+        let wants = rcpt.is_some_and(|x| x.notify.is_none_or(|n| n & notify::DELAY != 0));
+        let first = {
+            let mut open = self.open.borrow_mut();
+            let o = open.entry(r.id).or_insert_with(|| Open {
+                remaining: self.log.with_index(|ix| {
+                    ix.get(r.id).map_or(0, |e| {
+                        e.rcpt_states.iter().filter(|s| !s.is_final()).count()
+                    })
+                }),
+                ..Open::default()
+            });
+            !std::mem::replace(&mut o.delay_warned, true)
+        };
+        if !wants || !first {
+            return;
+        }
+        let Some(rcpt) = rcpt else { return };
+        let d = DsnRcpt {
+            address: &rcpt.address,
+            orcpt: rcpt.orcpt.as_deref(),
+            action: "delayed",
+            status: bounce::status_of(&r.reply, false),
+            diagnostic: &r.reply,
+            remote: r.remote.as_deref(),
+        };
+        self.send_dsn(r.id, envelope, now, vec![d]).await;
+    }
+
+    /// When the last recipient is final: a DSN for the failed ones that asked for it.
+    async fn bounce_if_needed(&self, id: QueueId, envelope: &Envelope, _arrival: u64, now: u64) {
+        let failures = self
+            .open
+            .borrow_mut()
+            .get_mut(&id)
+            .map(|o| std::mem::take(&mut o.failures))
+            .unwrap_or_default();
+        if failures.is_empty() {
+            return;
+        }
+        if envelope.sender.is_empty() {
+            for f in &failures {
+                let to = envelope
+                    .recipients
+                    .get(f.index as usize)
+                    .map_or("", |r| r.address.as_str());
+                log::warn!("{id}: bounce to <{to}> failed too ({}); dropped, as no bounce is sent for a bounce", f.reply);
+            }
+            return;
+        }
+        let rcpts: Vec<DsnRcpt<'_>> = failures
+            .iter()
+            .filter_map(|f| {
+                let r = envelope.recipients.get(f.index as usize)?;
+                let wants = r.notify.is_none_or(|n| n & notify::FAILURE != 0);
+                wants.then(|| DsnRcpt {
+                    address: &r.address,
+                    orcpt: r.orcpt.as_deref(),
+                    action: "failed",
+                    status: f.status.clone(),
+                    diagnostic: &f.reply,
+                    remote: f.remote.as_deref(),
+                })
+            })
+            .collect();
+        if !rcpts.is_empty() {
+            self.send_dsn(id, envelope, now, rcpts).await;
+        }
+    }
+
+    /// Builds a DSN about `id` for `rcpts`, stores it from `<>` to the sender, routes it.
+    async fn send_dsn(&self, id: QueueId, envelope: &Envelope, now: u64, rcpts: Vec<DsnRcpt<'_>>) {
+        let Some((segment, offset, len, arrival)) = self.log.with_index(|ix| {
+            ix.get(id).map(|e| {
+                (
+                    e.home,
+                    e.content_offset(),
+                    e.message.content_len,
+                    e.message.arrival_micros,
+                )
+            })
+        }) else {
+            return;
+        };
+        let Some(path) = self.log.segment_path(segment) else {
+            return;
+        };
+        let original = match read_content(&path, offset, len).await {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("{id}: cannot read the message for its DSN: {e}");
+                return;
+            }
+        };
+        let id_text = id.to_string();
+        let dsn = bounce::build(&Dsn {
+            hostname: &self.hostname,
+            queue_id: &id_text,
+            envid: envelope.envid.as_deref(),
+            arrival_secs: arrival / 1_000_000,
+            now_secs: now / 1_000_000,
+            sender: &envelope.sender,
+            ret: envelope.ret,
+            rcpts,
+            original: &original,
+        });
+        let dsn_envelope = Envelope {
+            sender: String::new(),
+            smtputf8: envelope.sender.bytes().any(|b| b >= 0x80),
+            eight_bit: dsn.iter().any(|&b| b >= 0x80),
+            recipients: vec![Recipient {
+                address: envelope.sender.clone(),
+                orcpt: None,
+                notify: None,
+            }],
+            ..Envelope::default()
+        };
+        let dsn_id = self.log.next_id();
+        let ticket = self.log.append_message(&NewMessage {
+            id: dsn_id,
+            arrival_micros: now,
+            client: "127.0.0.1",
+            helo: &self.hostname,
+            envelope: &dsn_envelope,
+            received: b"",
+            content: &dsn,
+        });
+        match ticket.wait().await {
+            Ok(()) => {
+                log::info!(
+                    "{id}: sender notification: {dsn_id} to <{}>",
+                    envelope.sender
+                );
+                // Safe to call without Rc<Self>: routing happens on its own task.
+                self.route_later(dsn_id);
+            }
+            Err(e) => log::error!("{id}: cannot queue the DSN: {e:?}"),
+        }
+    }
+
+    fn route_later(&self, id: QueueId) {
+        self.schedule(id, 0, 0);
+    }
+}
+
+struct Snapshot {
+    segment: Arc<PathBuf>,
+    content_offset: u64,
+    content_len: u64,
+    envelope: Envelope,
+    rcpts: Vec<JobRcpt>,
+}
+
+/// Reads message content from a log segment (through the shard's ring).
+pub async fn read_content(path: &PathBuf, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    let f = glommio::io::BufferedFile::open(path)
+        .await
+        .map_err(std::io::Error::from)?;
+    let r = f
+        .read_at(offset, len as usize)
+        .await
+        .map_err(std::io::Error::from);
+    let _ = f.close().await;
+    Ok(r?.to_vec())
+}

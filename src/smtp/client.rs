@@ -1,0 +1,551 @@
+//! The outbound SMTP/LMTP client, without I/O: what to send for a transaction, what the
+//! replies mean, and one place where every delivery result is classified.
+
+use super::parser::{notify, Ret};
+use std::fmt::Write as _;
+
+/// What the next hop said it supports (RFC 5321 4.1.1.1 EHLO keywords).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub esmtp: bool,
+    pub pipelining: bool,
+    pub size: Option<u64>,
+    pub eight_bit_mime: bool,
+    pub smtputf8: bool,
+    pub dsn: bool,
+    pub starttls: bool,
+    pub chunking: bool,
+}
+
+impl Capabilities {
+    /// From the lines of a 250 EHLO reply (the first is the greeting line).
+    pub fn from_ehlo(lines: &[String]) -> Capabilities {
+        let mut c = Capabilities {
+            esmtp: true,
+            ..Capabilities::default()
+        };
+        for line in lines.iter().skip(1) {
+            let kw = line.get(4..).unwrap_or_default();
+            let mut words = kw.split_whitespace();
+            let Some(word) = words.next() else { continue };
+            match word.to_ascii_uppercase().as_str() {
+                "PIPELINING" => c.pipelining = true,
+                "SIZE" => c.size = words.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0),
+                "8BITMIME" => c.eight_bit_mime = true,
+                "SMTPUTF8" => c.smtputf8 = true,
+                "DSN" => c.dsn = true,
+                "STARTTLS" => c.starttls = true,
+                "CHUNKING" => c.chunking = true,
+                _ => {}
+            }
+        }
+        c
+    }
+}
+
+/// A reply from the next hop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    /// All lines, without CRLF, joined with a space after the first code.
+    pub text: String,
+}
+
+impl Reply {
+    pub fn new(code: u16, lines: &[String]) -> Reply {
+        let text = lines
+            .iter()
+            .map(|l| l.get(4..).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(" ");
+        Reply { code, text }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        (200..300).contains(&self.code)
+    }
+
+    /// The enhanced status code (RFC 3463) at the start of the text, if any.
+    pub fn enhanced(&self) -> Option<&str> {
+        let word = self.text.split_whitespace().next()?;
+        let parts: Vec<&str> = word.split('.').collect();
+        let ok = parts.len() == 3
+            && matches!(parts[0], "2" | "4" | "5")
+            && parts[1..]
+                .iter()
+                .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
+        ok.then_some(word)
+    }
+
+    pub fn line(&self) -> String {
+        format!("{} {}", self.code, self.text)
+    }
+}
+
+/// How a recipient's delivery attempt ended. The one classification of the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Delivered,
+    /// Try again later.
+    Deferred,
+    /// Give up: bounce.
+    Failed,
+}
+
+/// Why an attempt ended without a usable reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// No host of the site accepted a connection or greeted with 2xx.
+    Unreachable(String),
+    /// The connection broke or timed out in the middle of a transaction.
+    Lost(String),
+    /// The queue could not read the message.
+    Queue(String),
+    /// The next hop cannot take this message: no SMTPUTF8, too big for its SIZE.
+    Refused(String),
+}
+
+impl Disposition {
+    /// 2xx delivered, 4xx deferred, 5xx failed; anything else is a protocol error, which
+    /// is temporary (the next attempt may reach a saner host).
+    pub fn of_code(code: u16) -> Disposition {
+        match code {
+            200..=299 => Disposition::Delivered,
+            500..=599 => Disposition::Failed,
+            _ => Disposition::Deferred,
+        }
+    }
+
+    pub fn of_failure(f: &Failure) -> Disposition {
+        match f {
+            Failure::Unreachable(_) | Failure::Lost(_) | Failure::Queue(_) => Disposition::Deferred,
+            Failure::Refused(_) => Disposition::Failed,
+        }
+    }
+}
+
+impl Failure {
+    pub fn text(&self) -> &str {
+        match self {
+            Failure::Unreachable(t)
+            | Failure::Lost(t)
+            | Failure::Queue(t)
+            | Failure::Refused(t) => t,
+        }
+    }
+}
+
+/// The envelope of one outbound transaction.
+#[derive(Debug, Clone)]
+pub struct OutEnvelope<'a> {
+    pub sender: &'a str,
+    pub smtputf8: bool,
+    pub eight_bit: bool,
+    pub ret: Option<Ret>,
+    pub envid: Option<&'a str>,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutRcpt<'a> {
+    pub address: &'a str,
+    pub notify: Option<u8>,
+    pub orcpt: Option<&'a str>,
+}
+
+/// Whether the next hop can take the message at all.
+pub fn precheck(env: &OutEnvelope<'_>, caps: &Capabilities) -> Result<(), Failure> {
+    if env.smtputf8 && !caps.smtputf8 {
+        return Err(Failure::Refused(
+            "553 5.6.7 the next hop does not support SMTPUTF8 and the message needs it".into(),
+        ));
+    }
+    if let Some(max) = caps.size {
+        if env.size > max {
+            return Err(Failure::Refused(format!(
+                "552 5.3.4 message size {} exceeds the next hop's limit {max}",
+                env.size
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub fn mail_command(env: &OutEnvelope<'_>, caps: &Capabilities, out: &mut Vec<u8>) {
+    let mut s = format!("MAIL FROM:<{}>", env.sender);
+    if caps.esmtp {
+        if caps.size.is_some() {
+            let _ = write!(s, " SIZE={}", env.size);
+        }
+        if env.eight_bit && caps.eight_bit_mime {
+            s.push_str(" BODY=8BITMIME");
+        }
+        if env.smtputf8 {
+            s.push_str(" SMTPUTF8");
+        }
+        if caps.dsn {
+            match env.ret {
+                Some(Ret::Full) => s.push_str(" RET=FULL"),
+                Some(Ret::Hdrs) => s.push_str(" RET=HDRS"),
+                None => {}
+            }
+            if let Some(envid) = env.envid {
+                let _ = write!(s, " ENVID={envid}");
+            }
+        }
+    }
+    s.push_str("\r\n");
+    out.extend_from_slice(s.as_bytes());
+}
+
+pub fn rcpt_command(r: &OutRcpt<'_>, caps: &Capabilities, out: &mut Vec<u8>) {
+    let mut s = format!("RCPT TO:<{}>", r.address);
+    if caps.dsn {
+        if let Some(n) = r.notify {
+            let mut words = Vec::new();
+            if n & notify::NEVER != 0 {
+                words.push("NEVER");
+            } else {
+                for (bit, w) in [
+                    (notify::SUCCESS, "SUCCESS"),
+                    (notify::FAILURE, "FAILURE"),
+                    (notify::DELAY, "DELAY"),
+                ] {
+                    if n & bit != 0 {
+                        words.push(w);
+                    }
+                }
+            }
+            let _ = write!(s, " NOTIFY={}", words.join(","));
+        }
+        if let Some(o) = r.orcpt {
+            let _ = write!(s, " ORCPT={o}");
+        }
+    }
+    s.push_str("\r\n");
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// What the caller does next in a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Read another reply (pipelined commands are already sent).
+    Read,
+    /// Lock-step: send RCPT number i now, then read.
+    SendRcpt(usize),
+    /// Lock-step: send DATA now, then read.
+    SendData,
+    /// Send the content and the final ".", then read.
+    SendContent,
+    /// 354 came although no recipient was accepted: send an empty body ("."), read one reply.
+    SendEmpty,
+    /// The transaction is over; if it did not complete, send RSET before the next one.
+    Done { clean: bool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Mail,
+    Rcpt(usize),
+    Data,
+    Empty,
+    Final(usize),
+    Done,
+}
+
+/// The replies of one transaction, fed in order, and what they mean per recipient.
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    rcpts: usize,
+    pipelined: bool,
+    lmtp: bool,
+    stage: Stage,
+    mail: Option<Reply>,
+    rcpt_replies: Vec<Reply>,
+    data: Option<Reply>,
+    finals: Vec<Reply>,
+}
+
+impl Transaction {
+    /// With `pipelined`, the caller has sent MAIL, every RCPT and DATA at once.
+    pub fn new(rcpts: usize, pipelined: bool, lmtp: bool) -> Transaction {
+        Transaction {
+            rcpts,
+            pipelined,
+            lmtp,
+            stage: Stage::Mail,
+            mail: None,
+            rcpt_replies: Vec::new(),
+            data: None,
+            finals: Vec::new(),
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.rcpt_replies.iter().filter(|r| r.is_ok()).count()
+    }
+
+    pub fn on_reply(&mut self, r: Reply) -> Step {
+        match self.stage {
+            Stage::Mail => {
+                let ok = r.is_ok();
+                self.mail = Some(r);
+                self.stage = Stage::Rcpt(0);
+                match (self.pipelined, ok) {
+                    (true, _) => Step::Read,
+                    (false, true) => Step::SendRcpt(0),
+                    (false, false) => self.done(false),
+                }
+            }
+            Stage::Rcpt(i) => {
+                self.rcpt_replies.push(r);
+                if i + 1 < self.rcpts {
+                    self.stage = Stage::Rcpt(i + 1);
+                    return if self.pipelined {
+                        Step::Read
+                    } else {
+                        Step::SendRcpt(i + 1)
+                    };
+                }
+                self.stage = Stage::Data;
+                match (self.pipelined, self.accepted() > 0) {
+                    (true, _) => Step::Read,
+                    (false, true) => Step::SendData,
+                    (false, false) => self.done(false),
+                }
+            }
+            Stage::Data => {
+                let go = r.code == 354;
+                self.data = Some(r);
+                let usable = self.mail.as_ref().is_some_and(Reply::is_ok) && self.accepted() > 0;
+                match (go, usable) {
+                    (true, true) => {
+                        self.stage = Stage::Final(0);
+                        Step::SendContent
+                    }
+                    (true, false) => {
+                        self.stage = Stage::Empty;
+                        Step::SendEmpty
+                    }
+                    (false, _) => self.done(false),
+                }
+            }
+            Stage::Empty => self.done(true),
+            Stage::Final(i) => {
+                self.finals.push(r);
+                if self.lmtp && i + 1 < self.accepted() {
+                    self.stage = Stage::Final(i + 1);
+                    return Step::Read;
+                }
+                self.done(true)
+            }
+            Stage::Done => Step::Done { clean: true },
+        }
+    }
+
+    fn done(&mut self, clean: bool) -> Step {
+        self.stage = Stage::Done;
+        Step::Done { clean }
+    }
+
+    /// Per recipient: its disposition and the reply that decided it. Recipients without a
+    /// deciding reply (the connection broke) get `lost`.
+    pub fn results(&self, lost: &Failure) -> Vec<(Disposition, String)> {
+        let mut accepted_seen = 0;
+        (0..self.rcpts)
+            .map(|i| {
+                if let Some(m) = self.mail.as_ref().filter(|m| !m.is_ok()) {
+                    return (
+                        Disposition::of_code(m.code),
+                        format!("{} (in reply to MAIL FROM)", m.line()),
+                    );
+                }
+                let Some(rr) = self.rcpt_replies.get(i) else {
+                    return (Disposition::of_failure(lost), lost.text().to_string());
+                };
+                if !rr.is_ok() {
+                    return (
+                        Disposition::of_code(rr.code),
+                        format!("{} (in reply to RCPT TO)", rr.line()),
+                    );
+                }
+                let idx = accepted_seen;
+                accepted_seen += 1;
+                match &self.data {
+                    Some(d) if d.code != 354 => {
+                        return (
+                            Disposition::of_code(d.code),
+                            format!("{} (in reply to DATA)", d.line()),
+                        )
+                    }
+                    None => return (Disposition::of_failure(lost), lost.text().to_string()),
+                    _ => {}
+                }
+                let decisive = if self.lmtp {
+                    self.finals.get(idx)
+                } else {
+                    self.finals.first()
+                };
+                match decisive {
+                    Some(f) => (
+                        Disposition::of_code(f.code),
+                        format!("{} (in reply to end of data)", f.line()),
+                    ),
+                    None => (Disposition::of_failure(lost), lost.text().to_string()),
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(code: u16, text: &str) -> Reply {
+        Reply {
+            code,
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn capabilities() {
+        let lines: Vec<String> = [
+            "250-mx.test",
+            "250-PIPELINING",
+            "250-SIZE 1000",
+            "250-8BITMIME",
+            "250-STARTTLS",
+            "250 DSN",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let c = Capabilities::from_ehlo(&lines);
+        assert!(
+            c.pipelining && c.eight_bit_mime && c.starttls && c.dsn && !c.smtputf8 && !c.chunking
+        );
+        assert_eq!(c.size, Some(1000));
+        let env = OutEnvelope {
+            sender: "a@b",
+            smtputf8: true,
+            eight_bit: false,
+            ret: None,
+            envid: None,
+            size: 10,
+        };
+        assert!(matches!(precheck(&env, &c), Err(Failure::Refused(t)) if t.contains("5.6.7")));
+        let env = OutEnvelope {
+            smtputf8: false,
+            size: 1001,
+            ..env
+        };
+        assert!(matches!(precheck(&env, &c), Err(Failure::Refused(t)) if t.contains("5.3.4")));
+    }
+
+    #[test]
+    fn commands() {
+        let c = Capabilities {
+            esmtp: true,
+            size: Some(100),
+            eight_bit_mime: true,
+            dsn: true,
+            ..Capabilities::default()
+        };
+        let env = OutEnvelope {
+            sender: "a@b.test",
+            smtputf8: false,
+            eight_bit: true,
+            ret: Some(Ret::Hdrs),
+            envid: Some("X+2B"),
+            size: 42,
+        };
+        let mut out = Vec::new();
+        mail_command(&env, &c, &mut out);
+        rcpt_command(
+            &OutRcpt {
+                address: "c@d.test",
+                notify: Some(notify::SUCCESS | notify::FAILURE),
+                orcpt: Some("rfc822;c@d.test"),
+            },
+            &c,
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "MAIL FROM:<a@b.test> SIZE=42 BODY=8BITMIME RET=HDRS ENVID=X+2B\r\nRCPT TO:<c@d.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;c@d.test\r\n"
+        );
+        let plain = Capabilities::default();
+        let mut out = Vec::new();
+        mail_command(&env, &plain, &mut out);
+        assert_eq!(out, b"MAIL FROM:<a@b.test>\r\n");
+    }
+
+    #[test]
+    fn pipelined_mixed_recipients() {
+        let mut t = Transaction::new(3, true, false);
+        assert_eq!(t.on_reply(r(250, "2.1.0 ok")), Step::Read);
+        assert_eq!(t.on_reply(r(250, "2.1.5 ok")), Step::Read);
+        assert_eq!(t.on_reply(r(451, "4.2.0 later")), Step::Read);
+        assert_eq!(t.on_reply(r(550, "5.1.1 no")), Step::Read);
+        assert_eq!(t.on_reply(r(354, "go")), Step::SendContent);
+        assert_eq!(
+            t.on_reply(r(250, "2.0.0 queued")),
+            Step::Done { clean: true }
+        );
+        let lost = Failure::Lost("x".into());
+        let res: Vec<Disposition> = t.results(&lost).into_iter().map(|x| x.0).collect();
+        assert_eq!(
+            res,
+            vec![
+                Disposition::Delivered,
+                Disposition::Deferred,
+                Disposition::Failed
+            ]
+        );
+    }
+
+    #[test]
+    fn lock_step_and_lmtp() {
+        let mut t = Transaction::new(2, false, true);
+        assert_eq!(t.on_reply(r(250, "ok")), Step::SendRcpt(0));
+        assert_eq!(t.on_reply(r(250, "ok")), Step::SendRcpt(1));
+        assert_eq!(t.on_reply(r(250, "ok")), Step::SendData);
+        assert_eq!(t.on_reply(r(354, "go")), Step::SendContent);
+        assert_eq!(t.on_reply(r(250, "2.1.5 delivered")), Step::Read);
+        assert_eq!(t.on_reply(r(552, "5.2.2 full")), Step::Done { clean: true });
+        let res: Vec<Disposition> = t
+            .results(&Failure::Lost("x".into()))
+            .into_iter()
+            .map(|x| x.0)
+            .collect();
+        assert_eq!(res, vec![Disposition::Delivered, Disposition::Failed]);
+    }
+
+    #[test]
+    fn failures_and_lost_connections() {
+        let mut t = Transaction::new(1, false, false);
+        assert_eq!(t.on_reply(r(421, "4.3.2 bye")), Step::Done { clean: false });
+        assert_eq!(
+            t.results(&Failure::Lost("x".into()))[0].0,
+            Disposition::Deferred
+        );
+        let mut t = Transaction::new(2, true, false);
+        t.on_reply(r(250, "ok"));
+        t.on_reply(r(250, "ok"));
+        // The connection broke here.
+        let res = t.results(&Failure::Lost("451 4.4.2 connection lost".into()));
+        assert_eq!(
+            res[1],
+            (Disposition::Deferred, "451 4.4.2 connection lost".into())
+        );
+        let mut t = Transaction::new(1, true, false);
+        t.on_reply(r(250, "ok"));
+        t.on_reply(r(550, "no"));
+        assert_eq!(t.on_reply(r(354, "go")), Step::SendEmpty);
+        assert_eq!(t.on_reply(r(554, "no valid")), Step::Done { clean: true });
+        assert_eq!(r(550, "5.1.1 no such user").enhanced(), Some("5.1.1"));
+        assert_eq!(r(550, "no such user").enhanced(), None);
+    }
+}
