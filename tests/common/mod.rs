@@ -88,7 +88,10 @@ impl Server {
         } else {
             format!("[queue]\ndir = \"{}\"\n", dir.0.join("queue").display())
         };
-        let text = format!("[[listen]]\naddr = \"127.0.0.1:{port}\"\n{queue}{extra}\n");
+        // Tests never reach outside loopback: without a [delivery] of their own, DNS goes
+        // to the discard port, where lookups fail at once and mail stays queued.
+        let delivery = if extra.contains("[delivery]") { "" } else { "[delivery]\ndns = [\"127.0.0.1:9\"]\n" };
+        let text = format!("[[listen]]\naddr = \"127.0.0.1:{port}\"\n{queue}{delivery}{extra}\n");
         std::fs::write(&config, text).expect("write config");
         let stderr_path = dir.0.join("stderr.log");
         let mut s = Server {
