@@ -271,14 +271,6 @@ impl Sink {
             body: Vec::new(),
         };
         let _ = s.run().await;
-        if s.messages > 0 {
-            self.c
-                .connections_with_messages
-                .fetch_add(1, Ordering::Relaxed);
-            self.c
-                .max_per_connection
-                .fetch_max(s.messages, Ordering::Relaxed);
-        }
     }
 }
 
@@ -732,6 +724,11 @@ impl SinkSession<'_> {
             return Ok(Next::Continue);
         }
         self.messages += 1;
+        if self.messages == 1 {
+            c.connections_with_messages.fetch_add(1, Ordering::Relaxed);
+        }
+        c.max_per_connection
+            .fetch_max(self.messages, Ordering::Relaxed);
         c.messages.fetch_add(1, Ordering::Relaxed);
         c.recipients
             .fetch_add(accepted.len() as u64, Ordering::Relaxed);

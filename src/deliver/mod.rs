@@ -75,6 +75,8 @@ pub struct Report {
 pub enum Mail {
     Deliver(Job),
     Report(Report),
+    /// ETRN: every shard retries its deferred mail for this domain now.
+    Flush(String),
 }
 
 struct SiteQueue {

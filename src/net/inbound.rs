@@ -178,9 +178,9 @@ impl Conn<'_> {
                 Event::Close => return true,
                 Event::Message => self.store(session, out).await,
                 Event::Etrn => {
-                    let n = self.shard.qmgr.flush_domain(session.etrn_node());
+                    let n = self.shard.links.flush_everywhere(session.etrn_node());
                     log::info!(
-                        "shard {}: ETRN {} from {}: {n} deferred recipients retried now",
+                        "shard {}: ETRN {} from {}: {n} deferred recipients here (and those of other shards) retried now",
                         self.shard.id,
                         session.etrn_node(),
                         self.peer_text

@@ -61,6 +61,11 @@ impl Links {
                     match m {
                         Mail::Deliver(job) => links.enqueue(job),
                         Mail::Report(r) => links.record(r),
+                        Mail::Flush(domain) => {
+                            if let Some(q) = links.qmgr.get() {
+                                q.flush_domain(&domain);
+                            }
+                        }
                     }
                 }
             })
@@ -93,6 +98,20 @@ impl Links {
             }
         })
         .detach();
+    }
+
+    /// ETRN: every shard's queue manager retries `domain` now (a message lives on the
+    /// shard that accepted it, whichever shard the ETRN client reached). Returns how many
+    /// recipients this shard retried.
+    pub fn flush_everywhere(self: &Rc<Self>, domain: &str) -> usize {
+        if let Some(s) = &self.senders {
+            for peer in 0..s.nr_consumers() {
+                if peer != self.me {
+                    self.send(peer, Mail::Flush(domain.to_string()));
+                }
+            }
+        }
+        self.qmgr.get().map_or(0, |q| q.flush_domain(domain))
     }
 
     /// For the queue manager: hand a job to its site's owner.

@@ -59,6 +59,7 @@ pub struct Shard {
     pub grace_over: Rc<Latch<()>>,
     pub qmgr: Rc<QueueManager>,
     pub deliverer: Rc<Deliverer>,
+    pub links: Rc<links::Links>,
 }
 
 /// What a shard tells the main thread once it is serving (or why it could not start).
@@ -261,6 +262,7 @@ async fn shard_main(
         grace_over: Rc::default(),
         qmgr: Rc::clone(&qmgr),
         deliverer: Rc::clone(&deliverer),
+        links: Rc::clone(&links),
     });
     let acceptors: Vec<_> = listeners
         .into_iter()

@@ -90,7 +90,11 @@ impl Server {
         };
         // Tests never reach outside loopback: without a [delivery] of their own, DNS goes
         // to the discard port, where lookups fail at once and mail stays queued.
-        let delivery = if extra.contains("[delivery]") { "" } else { "[delivery]\ndns = [\"127.0.0.1:9\"]\n" };
+        let delivery = if extra.contains("[delivery]") {
+            ""
+        } else {
+            "[delivery]\ndns = [\"127.0.0.1:9\"]\n"
+        };
         let text = format!("[[listen]]\naddr = \"127.0.0.1:{port}\"\n{queue}{delivery}{extra}\n");
         std::fs::write(&config, text).expect("write config");
         let stderr_path = dir.0.join("stderr.log");
@@ -342,5 +346,226 @@ pub fn without_received(content: &[u8]) -> &[u8] {
         if !matches!(content.get(at), Some(b' ' | b'\t')) {
             return &content[at..];
         }
+    }
+}
+
+/// The loadgen binary from the same target directory, built on demand when this test run
+/// did not build it (e.g. `cargo test -p ringpost`).
+pub fn loadgen_bin() -> PathBuf {
+    let dir = Path::new(binary())
+        .parent()
+        .expect("target dir")
+        .to_path_buf();
+    let bin = dir.join("loadgen");
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    BUILD.call_once(|| {
+        if !bin.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "-p", "loadgen"]);
+            if dir.ends_with("release") {
+                cmd.arg("--release");
+            }
+            assert!(
+                cmd.status().expect("cargo build -p loadgen").success(),
+                "cannot build loadgen"
+            );
+        }
+    });
+    bin
+}
+
+/// A loadgen daemon (sink or dns) on loopback, stopped on drop.
+pub struct Daemon {
+    pub child: Child,
+}
+
+impl Daemon {
+    pub fn start(args: &[String]) -> Daemon {
+        let mut child = Command::new(loadgen_bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("loadgen");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("loadgen {args:?} did not start"));
+        assert!(line.contains("listening"), "{line}");
+        Daemon { child }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// ringpost between `loadgen dns` and `loadgen sink`, all on loopback:
+/// the sink listens on 127.0.0.1 and 127.0.0.2 (two "hosts") at `sink_port`, which is
+/// also the relay's delivery port, and records every message it accepts.
+pub struct Relay {
+    pub server: Server,
+    pub dns: Option<Daemon>,
+    pub sink: Daemon,
+    pub sink_port: u16,
+    pub dns_port: u16,
+    pub dir: TempDir,
+    zone: PathBuf,
+}
+
+/// Zone lines every relay test has: sink.test and sender.test deliver to the sink.
+pub const BASE_ZONE: &str = "sink.test MX 10 mx.sink.test\nsender.test MX 10 mx.sink.test\nmx.sink.test A 127.0.0.1\nmx2.sink.test A 127.0.0.2\n";
+
+impl Relay {
+    /// `zone`: extra zone lines; `config`: extra ringpost TOML (not [delivery] or [queue]);
+    /// `delivery`: extra [delivery] keys; `sink_args`: extra sink flags.
+    pub fn start(zone: &str, config: &str, delivery: &str, sink_args: &[&str]) -> Relay {
+        let dir = TempDir::new("relay");
+        let sink_port = free_port();
+        let dns_port = free_port();
+        let zone_path = dir.0.join("zone");
+        std::fs::write(&zone_path, format!("{BASE_ZONE}{zone}")).expect("zone");
+        let mut args: Vec<String> = ["sink", "--stats"].iter().map(|s| s.to_string()).collect();
+        args.push(dir.0.join("sink.json").display().to_string());
+        args.extend([
+            "--record".to_string(),
+            dir.0.join("rec").display().to_string(),
+        ]);
+        for host in ["127.0.0.1", "127.0.0.2"] {
+            args.extend(["--listen".to_string(), format!("{host}:{sink_port}")]);
+        }
+        args.extend(sink_args.iter().map(|s| s.to_string()));
+        let sink = Daemon::start(&args);
+        let dns = Some(Relay::start_dns(dns_port, &zone_path));
+        let defaults = format!(
+            "dns = [\"127.0.0.1:{dns_port}\"]\nport = {sink_port}\ndns_timeout = \"500ms\"\ndns_attempts = 1\nretry_initial = \"1s\"\nretry_max = \"2s\"\nidle_timeout = \"1s\"\n"
+        );
+        // The test's own [delivery] keys replace the defaults.
+        let keep: String = defaults
+            .lines()
+            .filter(|l| {
+                l.split('=').next().is_some_and(|k| {
+                    !delivery.contains(&format!("{}=", k.trim()))
+                        && !delivery.contains(&format!("{} =", k.trim()))
+                })
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let server = Server::start(&format!("{config}\n[delivery]\n{keep}{delivery}\n"));
+        Relay {
+            server,
+            dns,
+            sink,
+            sink_port,
+            dns_port,
+            dir,
+            zone: zone_path,
+        }
+    }
+
+    pub fn start_dns(port: u16, zone: &Path) -> Daemon {
+        Daemon::start(&[
+            "dns".to_string(),
+            "--listen".to_string(),
+            format!("127.0.0.1:{port}"),
+            "--zone".to_string(),
+            zone.display().to_string(),
+            "--ttl".to_string(),
+            "1".to_string(),
+        ])
+    }
+
+    pub fn restart_dns(&mut self) {
+        self.dns = None;
+        self.dns = Some(Relay::start_dns(self.dns_port, &self.zone));
+    }
+
+    pub fn sink_stats(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.dir.0.join("sink.json")).unwrap_or_default();
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Waits until the sink's `field` reaches `n` (or fails the test after `WAIT`).
+    pub fn wait_sink(&self, field: &str, n: u64) -> serde_json::Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let s = self.sink_stats();
+            if s[field].as_u64().unwrap_or(0) >= n {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sink {field} never reached {n}: {s}\nringpost: {}",
+                self.server.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every message the sink recorded: (envelope JSON, content).
+    pub fn recorded(&self) -> Vec<(serde_json::Value, Vec<u8>)> {
+        let dir = self.dir.0.join("rec");
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+            .into_iter()
+            .filter_map(|p| {
+                let env: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(&p).ok()?).ok()?;
+                let eml = std::fs::read(p.with_extension("eml")).ok()?;
+                Some((env, eml))
+            })
+            .collect()
+    }
+
+    /// Waits until the sink recorded a message to `rcpt`; returns it.
+    pub fn wait_for(&self, rcpt: &str) -> (serde_json::Value, Vec<u8>) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(m) = self.recorded().into_iter().find(|(env, _)| {
+                env["rcpt_to"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|r| r == rcpt))
+            }) {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nothing arrived for {rcpt}\nringpost: {}",
+                self.server.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs `loadgen send` at the relay; returns its JSON report.
+    pub fn send(&self, args: &[&str]) -> serde_json::Value {
+        let json = self.dir.0.join(format!("send-{}.json", free_port()));
+        let target = format!("127.0.0.1:{}", self.server.port);
+        let out = Command::new(loadgen_bin())
+            .args(["send", "--target", &target, "--json"])
+            .arg(&json)
+            .args(args)
+            .output()
+            .expect("loadgen send");
+        let text = std::fs::read_to_string(&json)
+            .unwrap_or_else(|_| panic!("no report: {}", String::from_utf8_lossy(&out.stderr)));
+        serde_json::from_str(&text).expect("report")
     }
 }

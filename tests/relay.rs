@@ -1,0 +1,418 @@
+//! Relaying end to end, the real binaries on loopback: loadgen dns answers the MX lookups,
+//! ringpost relays, loadgen sink receives (and records) what arrives.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const RELAY_POLICY: &str = "[server]\nhostname = \"relay.test\"\n[policy]\nrelay_domains = [\"sink.test\", \"a.test\", \"b.test\"]\n";
+
+fn send_one(r: &Relay, from: &str, to: &[&str], body: &[u8]) -> String {
+    let mut c = r.server.connect();
+    c.greet();
+    let reply = c.send_message(from, to, body);
+    let id = queued_id(&reply);
+    c.expect_cmd("QUIT", "221");
+    id
+}
+
+#[test]
+fn arrives_byte_identical_but_for_received() {
+    let r = Relay::start("", RELAY_POLICY, "", &[]);
+    let body = b"From: s@sender.test\r\nSubject: exact\r\n\r\n.leading dot\r\n..two\r\nend\r\n";
+    let id = send_one(&r, "s@sender.test", &["rcpt@sink.test"], body);
+    let (env, eml) = r.wait_for("rcpt@sink.test");
+    assert_eq!(env["mail_from"], "s@sender.test");
+    assert_eq!(without_received(&eml), &body[..]);
+    assert!(String::from_utf8_lossy(&eml).starts_with(&format!(
+        "Received: from client.test ([127.0.0.1])\r\n\tby relay.test (ringpost) with ESMTP id {id}"
+    )));
+    assert_eq!(
+        env["tls"], true,
+        "opportunistic STARTTLS against a sink that offers it"
+    );
+    // Finished: the queue empties.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !read_queue(&r.server.queue_dir()).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "queue never emptied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn two_sites_get_one_copy_each_with_their_recipients() {
+    let zone = "a.test MX 10 mx.sink.test\nb.test MX 10 mx2.sink.test\n";
+    let r = Relay::start(zone, RELAY_POLICY, "", &[]);
+    send_one(
+        &r,
+        "s@sender.test",
+        &["x@a.test", "y@b.test", "z@a.test"],
+        b"Subject: two sites\r\n\r\nhi\r\n",
+    );
+    r.wait_sink("messages", 2);
+    let got = r.recorded();
+    assert_eq!(got.len(), 2);
+    let mut rcpts: Vec<Vec<String>> = got
+        .iter()
+        .map(|(env, _)| {
+            let mut v: Vec<String> = env["rcpt_to"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_str().unwrap().to_string())
+                .collect();
+            v.sort();
+            v
+        })
+        .collect();
+    rcpts.sort();
+    assert_eq!(
+        rcpts,
+        vec![
+            vec!["x@a.test".to_string(), "z@a.test".to_string()],
+            vec!["y@b.test".to_string()]
+        ]
+    );
+}
+
+#[test]
+fn batching_per_site() {
+    let r = Relay::start(
+        "",
+        RELAY_POLICY,
+        "max_connections_per_host = 4\n",
+        &["--no-tls"],
+    );
+    let report = r.send(&[
+        "--messages",
+        "1000",
+        "--connections",
+        "20",
+        "--rcpts-per-message",
+        "3",
+        "--domain",
+        "sink.test",
+        "--seed",
+        "5",
+    ]);
+    assert_eq!(report["messages_accepted"], 1000);
+    let s = r.wait_sink("delivered_recipients", 3000);
+    assert_eq!(s["delivered_messages"], 1000);
+    assert_eq!(
+        s["transactions"], 1000,
+        "one transaction per message carries all its recipients"
+    );
+    assert_eq!(s["duplicated"], 0);
+    assert_eq!(s["corrupted"], 0);
+    let conns = s["connections"].as_u64().unwrap();
+    assert!(
+        conns <= 4 + 4,
+        "at most max_connections_per_host at a time (plus reconnects): {conns}"
+    );
+    assert!(
+        s["max_messages_per_connection"].as_u64().unwrap() >= 100,
+        "{s}"
+    );
+}
+
+#[test]
+fn mx_preference_fallback_and_implicit_mx() {
+    // The best MX (127.0.0.3) refuses connections: the second one takes the mail.
+    let zone = "a.test MX 10 down.sink.test\na.test MX 20 mx.sink.test\ndown.sink.test A 127.0.0.3\nb.test A 127.0.0.2\n";
+    let r = Relay::start(zone, RELAY_POLICY, "", &[]);
+    send_one(
+        &r,
+        "s@sender.test",
+        &["fallback@a.test"],
+        b"Subject: fallback\r\n\r\nx\r\n",
+    );
+    send_one(
+        &r,
+        "s@sender.test",
+        &["implicit@b.test"],
+        b"Subject: implicit\r\n\r\nx\r\n",
+    );
+    r.wait_for("fallback@a.test");
+    r.wait_for("implicit@b.test");
+}
+
+/// A DSN arrives at the sink for `sender`; returns its text.
+fn dsn_for(r: &Relay, sender: &str) -> String {
+    let (env, eml) = r.wait_for(sender);
+    assert_eq!(env["mail_from"], "", "DSNs come from <>");
+    String::from_utf8_lossy(&eml).into_owned()
+}
+
+#[test]
+fn null_mx_and_nxdomain_bounce_at_once() {
+    let zone = "null.test MX 0 .\ngone.test NXDOMAIN\n";
+    let r = Relay::start(zone, "[server]\nhostname = \"relay.test\"\n", "", &[]);
+    send_one(
+        &r,
+        "n@sender.test",
+        &["u@null.test"],
+        b"Subject: null mx\r\n\r\nx\r\n",
+    );
+    let dsn = dsn_for(&r, "n@sender.test");
+    assert!(
+        dsn.contains("Action: failed")
+            && dsn.contains("Status: 5.1.10")
+            && dsn.contains("Final-Recipient: rfc822; u@null.test"),
+        "{dsn}"
+    );
+    send_one(
+        &r,
+        "g@sender.test",
+        &["u@gone.test"],
+        b"Subject: nxdomain\r\n\r\nx\r\n",
+    );
+    let dsn = dsn_for(&r, "g@sender.test");
+    assert!(dsn.contains("Status: 5.1.2"), "{dsn}");
+    assert!(
+        dsn.contains("Subject: nxdomain"),
+        "original headers returned: {dsn}"
+    );
+}
+
+#[test]
+fn dns_down_then_up_is_deferred_then_delivered() {
+    let mut r = Relay::start("", RELAY_POLICY, "", &[]);
+    r.dns = None; // the DNS server is gone: lookups time out
+    send_one(
+        &r,
+        "s@sender.test",
+        &["later@sink.test"],
+        b"Subject: dns\r\n\r\nx\r\n",
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    while !r.server.stderr().contains("status=deferred") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never deferred: {}",
+            r.server.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(r.server.stderr().contains("4.4.3"), "{}", r.server.stderr());
+    r.restart_dns();
+    r.wait_for("later@sink.test");
+}
+
+#[test]
+fn temporary_failures_retry_then_deliver_once() {
+    let r = Relay::start("", RELAY_POLICY, "", &[]);
+    send_one(
+        &r,
+        "s@sender.test",
+        &["tempfail-2@sink.test"],
+        b"Subject: retry\r\n\r\nx\r\n",
+    );
+    r.wait_for("tempfail-2@sink.test");
+    let s = r.sink_stats();
+    assert_eq!(s["rcpt_deferred"], 2);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(r.sink_stats()["messages"], 1, "delivered exactly once");
+}
+
+#[test]
+fn permanent_failure_bounces_to_the_sender() {
+    let r = Relay::start("", RELAY_POLICY, "", &[]);
+    let id = send_one(
+        &r,
+        "bounce-me@sender.test",
+        &["reject@sink.test", "ok@sink.test"],
+        b"Subject: half\r\n\r\nx\r\n",
+    );
+    let dsn = dsn_for(&r, "bounce-me@sender.test");
+    for want in [
+        "Content-Type: multipart/report; report-type=delivery-status",
+        "Reporting-MTA: dns; relay.test",
+        &format!("X-Ringpost-Queue-ID: {id}"),
+        "Final-Recipient: rfc822; reject@sink.test",
+        "Action: failed",
+        "Status: 5.1.1",
+        "Remote-MTA: dns; mx.sink.test",
+        "Diagnostic-Code: smtp; 550 5.1.1",
+        "Subject: half",
+    ] {
+        assert!(dsn.contains(want), "{want} missing:\n{dsn}");
+    }
+    assert!(
+        !dsn.contains("Final-Recipient: rfc822; ok@sink.test"),
+        "{dsn}"
+    );
+    r.wait_for("ok@sink.test");
+}
+
+#[test]
+fn max_age_expiry_bounces() {
+    let r = Relay::start("", RELAY_POLICY, "max_age = \"3s\"\n", &[]);
+    send_one(
+        &r,
+        "old@sender.test",
+        &["defer@sink.test"],
+        b"Subject: expire\r\n\r\nx\r\n",
+    );
+    let dsn = dsn_for(&r, "old@sender.test");
+    assert!(
+        dsn.contains("Action: failed") && dsn.contains("Status: 4.4.7") && dsn.contains("expired"),
+        "{dsn}"
+    );
+}
+
+#[test]
+fn forwards_and_lists_deliver_to_their_targets() {
+    let config = "[server]\nhostname = \"relay.test\"\n[policy]\nrelay_domains = [\"sink.test\"]\n[[forward]]\nfrom = \"old@sink.test\"\nto = \"new@sink.test\"\n[[list]]\naddress = \"team@sink.test\"\nmembers = [\"m1@sink.test\", \"m2@sink.test\"]\n";
+    let r = Relay::start("", config, "", &[]);
+    let mut c = r.server.connect();
+    c.greet();
+    c.expect_cmd("MAIL FROM:<s@sender.test>", "250");
+    c.expect_cmd("RCPT TO:<old@sink.test>", "251");
+    c.expect_cmd("RCPT TO:<team@sink.test>", "250");
+    c.expect_cmd("DATA", "354");
+    c.send(b"Subject: expand\r\n\r\nx\r\n.\r\n");
+    queued_id(&c.reply());
+    let (env, _) = r.wait_for("new@sink.test");
+    let mut rcpts: Vec<&str> = env["rcpt_to"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
+    rcpts.sort();
+    assert_eq!(rcpts, vec!["m1@sink.test", "m2@sink.test", "new@sink.test"]);
+}
+
+#[test]
+fn smarthost_and_lmtp_routes() {
+    let lmtp_port = free_port();
+    let lmtp_dir = TempDir::new("lmtp");
+    let lmtp = Daemon::start(&[
+        "sink".into(),
+        "--lmtp".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{lmtp_port}"),
+        "--record".into(),
+        lmtp_dir.0.display().to_string(),
+    ]);
+    let smart_port = free_port();
+    let smart_dir = TempDir::new("smart");
+    let smart = Daemon::start(&[
+        "sink".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{smart_port}"),
+        "--record".into(),
+        smart_dir.0.display().to_string(),
+    ]);
+    let config = format!(
+        "[server]\nhostname = \"relay.test\"\n[policy]\nrelay_domains = [\"mailbox.test\", \"partner.test\"]\n[[route]]\ndomain = \"mailbox.test\"\nlmtp = \"127.0.0.1:{lmtp_port}\"\n[[route]]\ndomain = \"partner.test\"\nsmarthost = \"127.0.0.1:{smart_port}\"\n"
+    );
+    let r = Relay::start("", &config, "", &[]);
+    send_one(
+        &r,
+        "s@sender.test",
+        &["box1@mailbox.test", "reject-data@mailbox.test"],
+        b"Subject: lmtp\r\n\r\nx\r\n",
+    );
+    send_one(
+        &r,
+        "s@sender.test",
+        &["p@partner.test"],
+        b"Subject: smarthost\r\n\r\nx\r\n",
+    );
+    let wait_file = |dir: &std::path::Path, what: &str| {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let found = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0) >= 2;
+            if found {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nothing arrived at the {what}: {}",
+                r.server.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_file(&lmtp_dir.0, "LMTP gateway");
+    wait_file(&smart_dir.0, "smarthost");
+    let env: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(lmtp_dir.0.join("00000000.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        env["rcpt_to"],
+        serde_json::json!(["box1@mailbox.test"]),
+        "LMTP: per-recipient replies after DATA"
+    );
+    // The recipient the LMTP server refused after DATA bounces on its own.
+    let dsn = dsn_for(&r, "s@sender.test");
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; reject-data@mailbox.test"),
+        "{dsn}"
+    );
+    drop((lmtp, smart));
+}
+
+#[test]
+fn mx_pointing_back_at_us_is_a_loop() {
+    // The MX of loop.test is 127.0.0.1 and the delivery port is ringpost's own.
+    let mut r = Relay::start(
+        "loop.test MX 10 mx.sink.test\n",
+        "[server]\nhostname = \"relay.test\"\n",
+        "",
+        &[],
+    );
+    let port = r.server.port;
+    let cfg = std::fs::read_to_string(&r.server.config).unwrap();
+    let cfg = cfg.replace(
+        &format!("port = {}", r.sink_port),
+        &format!("port = {port}"),
+    );
+    std::fs::write(&r.server.config, cfg).unwrap();
+    r.server.kill9();
+    r.server.restart();
+    let mut c = r.server.connect();
+    c.greet();
+    queued_id(&c.send_message(
+        "s@sender.test",
+        &["u@loop.test"],
+        b"Subject: loop\r\n\r\nx\r\n",
+    ));
+    let deadline = std::time::Instant::now() + WAIT;
+    while !r.server.stderr().contains("loops back to myself") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            r.server.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(r
+        .server
+        .stderr()
+        .contains("554 5.4.6 mail for loop.test loops back to myself"));
+}
+
+#[test]
+fn etrn_retries_a_domain_now() {
+    let r = Relay::start(
+        "",
+        RELAY_POLICY,
+        "retry_initial = \"1h\"\nretry_max = \"1h\"\n",
+        &[],
+    );
+    send_one(
+        &r,
+        "s@sender.test",
+        &["tempfail-1@sink.test"],
+        b"Subject: etrn\r\n\r\nx\r\n",
+    );
+    r.wait_sink("rcpt_deferred", 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut c = r.server.connect();
+    c.greet();
+    c.expect_cmd("ETRN sink.test", "250");
+    r.wait_for("tempfail-1@sink.test");
+}
