@@ -125,8 +125,13 @@ fn torn_tail_is_reported_and_the_rest_recovered() {
         .pop()
         .unwrap();
     let mut image = std::fs::read(&last).unwrap();
-    // Find the start of the last record (each message was its own commit, 512-aligned).
-    let last_commit = (image.len() - 1) / 512 * 512;
+    // Find where the last record starts.
+    let mut last_commit = 0;
+    let mut at = 0;
+    while let Ok((_, n)) = ringpost::queue::record::decode(&image[at..]) {
+        last_commit = at;
+        at += n;
+    }
     image.truncate(last_commit + 40);
     image.extend_from_slice(b"\xde\xad\xbe\xef torn");
     std::fs::write(&last, &image).unwrap();
@@ -226,12 +231,26 @@ fn sigkill_during_delivery_delivers_every_acknowledged_message() {
         // A slow receiver, so that the queue is still full of work when the relay dies.
         &["--no-tls", "--latency", "1ms"],
     );
-    let report = r.send(&["--messages", &MESSAGES.to_string(), "--connections", "20", "--domain", "sink.test", "--seed", "11"]);
+    let report = r.send(&[
+        "--messages",
+        &MESSAGES.to_string(),
+        "--connections",
+        "20",
+        "--domain",
+        "sink.test",
+        "--seed",
+        "11",
+    ]);
     let accepted = report["messages_accepted"].as_u64().unwrap();
     assert_eq!(accepted, MESSAGES);
-    let before = r.wait_sink("delivered_messages", 100)["delivered_messages"].as_u64().unwrap();
+    let before = r.wait_sink("delivered_messages", 100)["delivered_messages"]
+        .as_u64()
+        .unwrap();
     r.server.kill9();
-    assert!(before < MESSAGES, "everything was delivered before the kill; the test proves nothing");
+    assert!(
+        before < MESSAGES,
+        "everything was delivered before the kill; the test proves nothing"
+    );
     r.server.restart();
     let s = r.wait_sink("delivered_messages", MESSAGES);
     assert_eq!(s["corrupted"], 0);
@@ -257,11 +276,23 @@ fn sigterm_during_delivery_leaves_nothing_marked_undelivered() {
         "max_connections_per_host = 2\n",
         &["--no-tls", "--latency", "1ms"],
     );
-    r.send(&["--messages", &MESSAGES.to_string(), "--connections", "10", "--domain", "sink.test", "--seed", "12"]);
+    r.send(&[
+        "--messages",
+        &MESSAGES.to_string(),
+        "--connections",
+        "10",
+        "--domain",
+        "sink.test",
+        "--seed",
+        "12",
+    ]);
     r.wait_sink("delivered_messages", 50);
     let status = r.server.terminate();
     assert!(status.success(), "{}", r.server.stderr());
     r.server.restart();
     let s = r.wait_sink("delivered_messages", MESSAGES);
-    assert_eq!(s["duplicated"], 0, "a clean shutdown leaves no crash window: {s}");
+    assert_eq!(
+        s["duplicated"], 0,
+        "a clean shutdown leaves no crash window: {s}"
+    );
 }

@@ -234,10 +234,21 @@ impl Deliverer {
                 let mut sent = 0u32;
                 while let Some(job) = self.next_job(&sq).await {
                     self.busy.set(self.busy.get() + 1);
-                    let usable = self.transaction(&mut out, job).await;
+                    let done = self.transaction(&mut out, job, sent > 0).await;
                     self.busy.set(self.busy.get() - 1);
                     self.idle_changed.notify_all();
                     sent += 1;
+                    let usable = match done {
+                        Done::Usable => true,
+                        Done::Broken => false,
+                        Done::Stale(job) => {
+                            // The cached connection had died while idle; the job never
+                            // reached the next hop: it goes first on a fresh connection.
+                            sq.ready.borrow_mut().push_front(*job);
+                            sq.work.notify_all();
+                            false
+                        }
+                    };
                     if !usable || sent >= self.cfg.max_messages_per_connection {
                         break;
                     }
@@ -409,8 +420,9 @@ impl Deliverer {
         Ok(f)
     }
 
-    /// One message over an open connection. Returns whether the connection is still usable.
-    async fn transaction(&self, out: &mut Outbound, job: Job) -> bool {
+    /// One message over an open connection; `reused` when the connection carried others
+    /// before (it may have died while idle).
+    async fn transaction(&self, out: &mut Outbound, job: Job, reused: bool) -> Done {
         self.count(|s| s.transactions += 1);
         let env = OutEnvelope {
             sender: &job.sender,
@@ -427,7 +439,7 @@ impl Deliverer {
                 f.text(),
                 Some(&out.remote),
             );
-            return true;
+            return Done::Usable;
         }
         let content = match self.file(&job.segment).await {
             Ok(f) => f
@@ -445,7 +457,7 @@ impl Deliverer {
                     "451 4.3.0 queue file is short",
                     None,
                 );
-                return true;
+                return Done::Usable;
             }
             Err(e) => {
                 self.report_all(
@@ -454,7 +466,7 @@ impl Deliverer {
                     &format!("451 4.3.0 cannot read the queue: {e}"),
                     None,
                 );
-                return true;
+                return Done::Usable;
             }
         };
         let rcpts: Vec<OutRcpt<'_>> = job
@@ -472,6 +484,10 @@ impl Deliverer {
             out.remote
         ));
         let result = self.drive(out, &env, &rcpts, &mut tx, &content).await;
+        if result.is_err() && reused && tx.untouched() {
+            drop(rcpts);
+            return Done::Stale(Box::new(job));
+        }
         for (r, (disposition, reply)) in job.rcpts.iter().zip(tx.results(&lost)) {
             self.report_one(
                 &job,
@@ -482,11 +498,12 @@ impl Deliverer {
             );
         }
         match result {
-            Ok(true) => true,
-            Ok(false) => out.reset().await.is_ok(),
+            Ok(true) => Done::Usable,
+            Ok(false) if out.reset().await.is_ok() => Done::Usable,
+            Ok(false) => Done::Broken,
             Err(e) => {
                 log::debug!("delivery to {} broke: {e}", out.remote);
-                false
+                Done::Broken
             }
         }
     }
@@ -537,6 +554,14 @@ impl Deliverer {
             }
         }
     }
+}
+
+/// How a transaction left its connection.
+enum Done {
+    Usable,
+    Broken,
+    /// The connection was dead before the transaction began: the job is handed back.
+    Stale(Box<Job>),
 }
 
 fn kind_of(d: Disposition) -> OutcomeKind {

@@ -1,19 +1,19 @@
 //! One shard's append-only queue log with group commit.
 //!
 //! Sessions append encoded records to a staging buffer and get a ticket. One committer
-//! task per shard takes everything staged, writes it with O_DIRECT into the current
-//! segment (one aligned write per `commit_bytes_max`), runs one `fdatasync`, then
+//! task per shard takes everything staged, writes it into the current segment (one write
+//! per `commit_bytes_max`), runs one `fdatasync`, then
 //! completes the ticket of every record in the batch. While a sync is in flight, new
 //! appends pile up for the next one: under load the fsync cost is shared by the whole
 //! batch, and at low load nobody waits for a timer. A session answers 250 only once its
 //! ticket completes, so a 250 always means "on disk".
 
 use super::index::{Index, SegId};
-use super::record::{self, NewMessage, Outcome, QueueId, StoredMessage, PAD_ALIGN_BYTES};
+use super::record::{self, NewMessage, Outcome, QueueId, StoredMessage};
 use super::recovery::{self, Recovered};
 use crate::shard::local::{Latch, Signal};
 use crate::smtp::session::StoreError;
-use glommio::io::{DmaFile, OpenOptions};
+use glommio::io::{BufferedFile, OpenOptions};
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -26,6 +26,9 @@ pub struct LogSettings {
     pub commit_window: Duration,
     pub commit_bytes_max: usize,
 }
+
+/// The staging buffer starts each batch with at least this much room.
+const STAGING_BYTES_MIN: usize = 64 * 1024;
 
 /// Completes with the result of the commit that carried the record.
 pub type Ticket = Rc<Latch<Result<(), StoreError>>>;
@@ -42,13 +45,12 @@ pub struct LogStats {
 
 struct Active {
     seg: SegId,
-    file: Rc<DmaFile>,
+    file: Rc<BufferedFile>,
     pos: u64,
 }
 
 struct State {
     staging: Vec<u8>,
-    spare: Vec<u8>,
     ticket: Ticket,
     /// Messages staged: offset in `staging` and what the index will hold.
     new_messages: Vec<(usize, StoredMessage)>,
@@ -128,7 +130,6 @@ impl Log {
             settings,
             st: RefCell::new(State {
                 staging: Vec::new(),
-                spare: Vec::new(),
                 ticket: Ticket::default(),
                 new_messages: Vec::new(),
                 new_outcomes: Vec::new(),
@@ -235,10 +236,12 @@ impl Log {
     }
 
     async fn commit_once(&self) {
-        let (mut bytes, ticket, messages, outcomes, records) = {
+        let (bytes, ticket, messages, outcomes, records) = {
             let mut st = self.st.borrow_mut();
-            let spare = std::mem::take(&mut st.spare);
-            let bytes = std::mem::replace(&mut st.staging, spare);
+            // The batch is handed to the kernel by value; the next one starts with room for
+            // as much as this one held.
+            let room = st.staging.len().max(STAGING_BYTES_MIN);
+            let bytes = std::mem::replace(&mut st.staging, Vec::with_capacity(room));
             let ticket = std::mem::take(&mut st.ticket);
             let records = std::mem::take(&mut st.staged_records);
             (
@@ -249,15 +252,15 @@ impl Log {
                 records,
             )
         };
-        record::pad_to(&mut bytes, PAD_ALIGN_BYTES);
+        let len = bytes.len() as u64;
         let started = std::time::Instant::now();
-        let result = self.write_and_sync(&bytes).await;
+        let result = self.write_and_sync(bytes).await;
         let finished = match result {
             Ok((seg, base)) => {
                 let mut st = self.st.borrow_mut();
                 st.stats.commits += 1;
                 st.stats.records += records;
-                st.stats.bytes += bytes.len() as u64;
+                st.stats.bytes += len;
                 st.stats.sync_micros += started.elapsed().as_micros() as u64;
                 for (offset, m) in messages {
                     st.index.insert(m, seg, base + offset as u64);
@@ -285,48 +288,42 @@ impl Log {
         if finished {
             self.delete_finished_segments().await;
         }
-        bytes.clear();
-        self.st.borrow_mut().spare = bytes;
     }
 
-    /// Writes one padded batch at the end of the current segment and syncs it.
-    async fn write_and_sync(&self, bytes: &[u8]) -> io::Result<(SegId, u64)> {
-        let (file, seg, base) = self.segment_for(bytes.len() as u64).await?;
-        let align = file.alignment() as usize;
-        // Chunks are whole multiples of the alignment; the batch itself is padded to 512,
-        // so the last chunk is topped up with zeros to the device's alignment.
-        let chunk_max = (self.settings.commit_bytes_max / align).max(1) * align;
-        let mut written = 0usize;
-        while written < bytes.len() {
-            let n = chunk_max.min(bytes.len() - written);
-            let aligned = n.div_ceil(align) * align;
-            let mut buf = file.alloc_dma_buffer(aligned);
-            let dst = buf.as_bytes_mut();
-            dst[..n].copy_from_slice(&bytes[written..written + n]);
-            dst[n..].fill(0);
-            let w = file
-                .write_at(buf, base + written as u64)
-                .await
-                .map_err(io::Error::from)?;
-            if w != aligned {
+    /// Writes one batch at the end of the current segment and syncs it. Through the page
+    /// cache, not O_DIRECT: delivery reads the content back moments later, from memory.
+    async fn write_and_sync(&self, bytes: Vec<u8>) -> io::Result<(SegId, u64)> {
+        let len = bytes.len();
+        let (file, seg, base) = self.segment_for(len as u64).await?;
+        let mut chunk = bytes;
+        let mut pos = base;
+        while !chunk.is_empty() {
+            let rest = if chunk.len() > self.settings.commit_bytes_max {
+                chunk.split_off(self.settings.commit_bytes_max)
+            } else {
+                Vec::new()
+            };
+            let n = chunk.len();
+            let w = file.write_at(chunk, pos).await.map_err(io::Error::from)?;
+            if w != n {
                 return Err(io::Error::new(
                     io::ErrorKind::WriteZero,
                     "short write to the queue log",
                 ));
             }
-            written += n;
+            pos += n as u64;
+            chunk = rest;
         }
         file.fdatasync().await.map_err(io::Error::from)?;
-        let end = base + (bytes.len().div_ceil(align) * align) as u64;
         if let Some(a) = self.st.borrow_mut().active.as_mut() {
-            a.pos = end;
+            a.pos = base + len as u64;
         }
         Ok((seg, base))
     }
 
     /// The segment to write `len` more octets to: the current one, or a new one when it
     /// would grow past `segment_bytes`.
-    async fn segment_for(&self, len: u64) -> io::Result<(Rc<DmaFile>, SegId, u64)> {
+    async fn segment_for(&self, len: u64) -> io::Result<(Rc<BufferedFile>, SegId, u64)> {
         {
             let st = self.st.borrow();
             if let Some(a) = &st.active {
@@ -391,12 +388,12 @@ impl Log {
     }
 }
 
-async fn create_segment(dir: &Path, path: &Path, segment_bytes: u64) -> io::Result<DmaFile> {
+async fn create_segment(dir: &Path, path: &Path, segment_bytes: u64) -> io::Result<BufferedFile> {
     let file = OpenOptions::new()
         .write(true)
         .read(true)
         .create_new(true)
-        .dma_open(path)
+        .buffered_open(path)
         .await
         .map_err(io::Error::from)?;
     // Reserve the whole segment now, so that a full disk shows here (452) rather than

@@ -285,6 +285,11 @@ impl Transaction {
         self.rcpt_replies.iter().filter(|r| r.is_ok()).count()
     }
 
+    /// No reply came yet: the next hop has not seen (or acted on) this transaction.
+    pub fn untouched(&self) -> bool {
+        self.stage == Stage::Mail
+    }
+
     pub fn on_reply(&mut self, r: Reply) -> Step {
         match self.stage {
             Stage::Mail => {
