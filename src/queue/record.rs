@@ -2,8 +2,8 @@
 //!
 //! A record is `magic u32 | kind u8 | 0 u8 x3 | payload_len u32 | crc32c u32 | payload`,
 //! little-endian, with the CRC over kind, length and payload. Records are packed back to
-//! back within one commit; a commit is padded with zeros to the disk's O_DIRECT alignment,
-//! so a reader skips zeros up to the next 512-octet boundary between commits.
+//! back. A reader also skips zeros up to the next 512-octet boundary where a record
+//! should start: segments written with padded (O_DIRECT) commits stay readable.
 
 use crate::smtp::parser::{Body, Ret};
 use crate::smtp::session::{Envelope, Recipient};
@@ -11,7 +11,7 @@ use std::fmt;
 
 pub const MAGIC: u32 = 0x4C51_5052; // "RPQL" little-endian
 pub const HEADER_BYTES: usize = 16;
-/// The smallest O_DIRECT alignment; commits are padded to a multiple of it.
+/// The padding unit of segments written with O_DIRECT commits (still read).
 pub const PAD_ALIGN_BYTES: usize = 512;
 /// A record larger than this is corrupt, whatever its checksum says.
 pub const RECORD_BYTES_MAX: usize = 1 << 31;
