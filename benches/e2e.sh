@@ -35,8 +35,8 @@ start_sink() {
 }
 stop_sink() { kill "$SINK_PID" 2>/dev/null; wait "$SINK_PID" 2>/dev/null; }
 
-printf '%-34s %6s %10s %9s %9s %12s %10s\n' "path" "conns" "msgs/s" "p50 ms" "p99 ms" "CPU us/msg" "delivered"
-row() { printf '%-34s %6s %10s %9s %9s %12s %10s\n' "$@"; }
+printf '%-34s %6s %10s %9s %9s %11s %12s %10s %9s\n' "path" "conns" "sent/s" "p50 ms" "p99 ms" "e2e msgs/s" "CPU us/msg" "delivered" "msgs/conn"
+row() { printf '%-34s %6s %10s %9s %9s %11s %12s %10s %9s\n' "$@"; }
 
 for c in $CONNS; do
   if [ "$MODE" = all ] || [ "$MODE" = ceiling ]; then
@@ -44,8 +44,8 @@ for c in $CONNS; do
     $LG send --target 127.0.0.1:$SINK_PORT --connections "$c" --shards 1 --messages "$MSGS" --size "$SIZE" --seed 1 --json "$TMP/send.json" >/dev/null 2>&1
     sleep 0.5
     row "loadgen send -> loadgen sink" "$c" "$(json "$TMP/send.json" "round(d['msgs_per_s'])")" \
-      "$(json "$TMP/send.json" "d['message']['p50_us']/1000")" "$(json "$TMP/send.json" "d['message']['p99_us']/1000")" "-" \
-      "$(json "$TMP/sink.json" "d['delivered_messages']")"
+      "$(json "$TMP/send.json" "d['message']['p50_us']/1000")" "$(json "$TMP/send.json" "d['message']['p99_us']/1000")" "-" "-" \
+      "$(json "$TMP/sink.json" "d['delivered_messages']")" "-"
     stop_sink
     if command -v smtp-source >/dev/null && command -v smtp-sink >/dev/null; then
       smtp-sink -u nobody -c 127.0.0.1:$SRC_SINK_PORT 5000 >"$TMP/ssink.out" 2>/dev/null &
@@ -54,7 +54,7 @@ for c in $CONNS; do
       timeout 600 smtp-source -d -s "$c" -m "$MSGS" -l "$size_bytes" -f a@bench.test -t r@sink.test 127.0.0.1:$SRC_SINK_PORT >/dev/null 2>&1
       t1=$(date +%s.%N)
       kill $SS 2>/dev/null; wait $SS 2>/dev/null
-      row "smtp-source -> smtp-sink" "$c" "$(echo "$t0 $t1 $MSGS" | awk '{printf "%.0f", $3/($2-$1)}')" "-" "-" "-" "-"
+      row "smtp-source -> smtp-sink" "$c" "$(echo "$t0 $t1 $MSGS" | awk '{printf "%.0f", $3/($2-$1)}')" "-" "-" "-" "-" "-" "-"
     fi
   fi
   if [ "$MODE" = all ] || [ "$MODE" = relay ]; then
@@ -78,19 +78,23 @@ port = $SINK_PORT
 CF
     $RP serve --config "$TMP/ringpost.toml" >"$TMP/rp.out" 2>"$TMP/rp.err" &
     RP_PID=$!; PIDS+=($RP_PID); up $RP_PORT || { echo "ringpost did not start: $(tail -3 "$TMP/rp.err")"; exit 1; }
-    c0=$(cpu_ticks $RP_PID)
+    c0=$(cpu_ticks $RP_PID); t0=$(date +%s.%N); t1=""
     $LG send --target 127.0.0.1:$RP_PORT --connections "$c" --shards 1 --messages "$MSGS" --size "$SIZE" --seed 2 --json "$TMP/send.json" >/dev/null 2>&1
     for _ in $(seq $((SETTLE * 10))); do
-      [ "$(json "$TMP/sink.json" "d['delivered_messages']" 2>/dev/null || echo 0)" -ge "$MSGS" ] && break
+      if [ "$(json "$TMP/sink.json" "d['delivered_messages']" 2>/dev/null || echo 0)" -ge "$MSGS" ]; then t1=$(date +%s.%N); break; fi
       sleep 0.1
     done
     c1=$(cpu_ticks $RP_PID)
     cpu=$(echo "$c0 $c1 $(getconf CLK_TCK) $MSGS" | awk '{printf "%.1f", 1e6*($2-$1)/$3/$4}')
+    e2e=NA; [ -n "$t1" ] && e2e=$(echo "$t0 $t1 $MSGS" | awk '{printf "%.0f", $3/($2-$1)}')
     row "loadgen send -> ringpost -> sink" "$c" "$(json "$TMP/send.json" "round(d['msgs_per_s'])")" \
-      "$(json "$TMP/send.json" "d['message']['p50_us']/1000")" "$(json "$TMP/send.json" "d['message']['p99_us']/1000")" "$cpu" \
-      "$(json "$TMP/sink.json" "d['delivered_messages']")"
+      "$(json "$TMP/send.json" "d['message']['p50_us']/1000")" "$(json "$TMP/send.json" "d['message']['p99_us']/1000")" "$e2e" "$cpu" \
+      "$(json "$TMP/sink.json" "d['delivered_messages']")" \
+      "$(json "$TMP/sink.json" "round(d['messages']/max(1,d['connections_with_messages']))")"
     kill $RP_PID $DNS_PID 2>/dev/null; wait $RP_PID $DNS_PID 2>/dev/null
     stop_sink
   fi
 done
-echo "($MSGS messages of $SIZE per row; msgs/s and latency as seen by the sender; delivered = distinct intact messages at the sink)"
+echo "($MSGS messages of $SIZE per row; sent/s and latency (MAIL to the final 250) as seen by the sender;"
+echo " e2e = until the sink has every message; CPU = ringpost's user+system time per message;"
+echo " delivered = distinct intact messages at the sink; msgs/conn = messages per delivery connection)"
