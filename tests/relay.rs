@@ -416,3 +416,48 @@ fn etrn_retries_a_domain_now() {
     c.expect_cmd("ETRN sink.test", "250");
     r.wait_for("tempfail-1@sink.test");
 }
+
+#[test]
+fn success_notice_when_the_next_hop_has_no_dsn() {
+    let r = Relay::start("", RELAY_POLICY, "", &["--disable", "dsn"]);
+    let mut c = r.server.connect();
+    c.greet();
+    c.expect_cmd("MAIL FROM:<notify@sender.test> RET=HDRS ENVID=E1", "250");
+    c.expect_cmd(
+        "RCPT TO:<ok@sink.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;ok@sink.test",
+        "250",
+    );
+    c.expect_cmd("DATA", "354");
+    c.send(b"Subject: notify me\r\n\r\nx\r\n.\r\n");
+    queued_id(&c.reply());
+    r.wait_for("ok@sink.test");
+    let dsn = dsn_for(&r, "notify@sender.test");
+    for want in [
+        "Action: relayed",
+        "Status: 2.0.0",
+        "Original-Envelope-Id: E1",
+        "Original-Recipient: rfc822; ok@sink.test",
+    ] {
+        assert!(dsn.contains(want), "{want} missing:\n{dsn}");
+    }
+}
+
+#[test]
+fn truncated_answers_go_over_tcp_and_cnames_are_followed() {
+    let zone = "a.test TRUNCATE\na.test MX 10 mx.sink.test\nb.test CNAME a.test\n";
+    let r = Relay::start(zone, RELAY_POLICY, "", &[]);
+    send_one(
+        &r,
+        "s@sender.test",
+        &["tcp@a.test"],
+        b"Subject: tcp\r\n\r\nx\r\n",
+    );
+    send_one(
+        &r,
+        "s@sender.test",
+        &["alias@b.test"],
+        b"Subject: cname\r\n\r\nx\r\n",
+    );
+    r.wait_for("tcp@a.test");
+    r.wait_for("alias@b.test");
+}

@@ -61,7 +61,10 @@ fn safe(text: &str) -> String {
 pub fn build(d: &Dsn<'_>) -> Vec<u8> {
     let boundary = format!("{}.{}/{}", d.queue_id, d.now_secs, d.hostname);
     let delayed = d.rcpts.iter().all(|r| r.action == "delayed");
-    let subject = if delayed {
+    let relayed = d.rcpts.iter().all(|r| r.action == "relayed");
+    let subject = if relayed {
+        "Successful Mail Delivery Report"
+    } else if delayed {
         "Delayed Mail (still being retried)"
     } else {
         "Undelivered Mail Returned to Sender"
@@ -92,7 +95,9 @@ pub fn build(d: &Dsn<'_>) -> Vec<u8> {
         id = d.queue_id,
         now = d.now_secs,
     );
-    if delayed {
+    if relayed {
+        s.push_str("Your message was relayed to the recipients below; the next system does not\r\nreport delivery status, so this is the last notice you will receive.\r\n\r\n");
+    } else if delayed {
         s.push_str("Your message could not be delivered yet to the recipients below. The mail\r\nsystem will keep trying; you need not send it again.\r\n\r\n");
     } else {
         s.push_str("I'm sorry to have to inform you that your message could not be delivered\r\nto one or more recipients. It's attached below.\r\n\r\n");

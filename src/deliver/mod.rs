@@ -68,6 +68,8 @@ pub struct Report {
     pub reply: String,
     /// The host that answered, for the DSN's Remote-MTA.
     pub remote: Option<String>,
+    /// The next hop took the DSN parameters: success notices are its business now.
+    pub next_hop_dsn: bool,
 }
 
 /// What crosses between shards.
@@ -193,7 +195,7 @@ impl Deliverer {
 
     fn report_all(&self, job: &Job, kind: OutcomeKind, reply: &str, remote: Option<&str>) {
         for r in &job.rcpts {
-            self.report_one(job, r.index, kind, reply.to_string(), remote);
+            self.report_one(job, r.index, kind, reply.to_string(), remote, false);
         }
     }
 
@@ -204,6 +206,7 @@ impl Deliverer {
         kind: OutcomeKind,
         reply: String,
         remote: Option<&str>,
+        next_hop_dsn: bool,
     ) {
         self.count(|s| match kind {
             OutcomeKind::Delivered => s.delivered += 1,
@@ -217,6 +220,7 @@ impl Deliverer {
             kind,
             reply,
             remote: remote.map(str::to_string),
+            next_hop_dsn,
         });
     }
 
@@ -495,6 +499,7 @@ impl Deliverer {
                 kind_of(disposition),
                 reply,
                 Some(&out.remote),
+                out.caps.dsn,
             );
         }
         match result {

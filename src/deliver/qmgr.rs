@@ -231,6 +231,7 @@ impl QueueManager {
                             kind,
                             reply: reply.clone(),
                             remote: None,
+                            next_hop_dsn: false,
                         };
                         glommio::spawn_local(Rc::clone(&self).on_report(report)).detach();
                     }
@@ -347,6 +348,7 @@ impl QueueManager {
                         r.remote.as_deref().unwrap_or("none")
                     );
                 } else {
+                    self.success_notice(&r, &envelope, now).await;
                     log::debug!(
                         "{}: to=<{address}>, relay={}, status=sent ({reply})",
                         r.id,
@@ -392,6 +394,27 @@ impl QueueManager {
         }
         o.remaining = o.remaining.saturating_sub(1);
         (true, o.remaining == 0)
+    }
+
+    /// NOTIFY=SUCCESS and the next hop did not take the DSN parameters: we say "relayed"
+    /// (RFC 3464 2.3.3), as the final MTA will not.
+    async fn success_notice(&self, r: &Report, envelope: &Envelope, now: u64) {
+        let Some(rcpt) = envelope.recipients.get(r.index as usize) else {
+            return;
+        };
+        let wants = rcpt.notify.is_some_and(|n| n & notify::SUCCESS != 0);
+        if !wants || r.next_hop_dsn || envelope.sender.is_empty() {
+            return;
+        }
+        let d = DsnRcpt {
+            address: &rcpt.address,
+            orcpt: rcpt.orcpt.as_deref(),
+            action: "relayed",
+            status: "2.0.0".into(),
+            diagnostic: &r.reply,
+            remote: r.remote.as_deref(),
+        };
+        self.send_dsn(r.id, envelope, now, vec![d]).await;
     }
 
     async fn defer(&self, r: Report, envelope: &Envelope, age: Duration, now: u64) {
