@@ -3,6 +3,7 @@
 //! Dependency direction: `smtp`, `queue::record` and `config` do no I/O; `queue` and
 //! `net` build on them; `shard` wires everything together on glommio executors.
 
+pub mod auth;
 pub mod config;
 pub mod deliver;
 pub mod net;

@@ -15,6 +15,31 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Exit code for a configuration error (a bad file, a bad key, a bad value).
 const EXIT_CONFIG: u8 = 2;
+/// How often the signal thread looks at the SIGHUP flag.
+const SIGNAL_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Loads what the shards share: the TLS certificate and the AUTH users. Errors name the
+/// file, and are start-up (config) errors.
+fn build_shared(config: &Config) -> Result<shard::Shared, String> {
+    let tls = match &config.tls {
+        Some(t) => Some(Arc::new(ringpost::tls::Reloadable::load(&t.cert, &t.key)?)),
+        None => None,
+    };
+    let users = match &config.auth {
+        Some(a) => {
+            if !a.users_file.exists() {
+                return Err(format!(
+                    "[auth] users_file {}: no such file (ringpost user add NAME --users-file ...)",
+                    a.users_file.display()
+                ));
+            }
+            Some(Arc::new(ringpost::auth::load(&a.users_file)?))
+        }
+        None => None,
+    };
+    let decoy = Arc::new(ringpost::auth::hash_password("decoy")?);
+    Ok(shard::Shared { tls, users, decoy })
+}
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +54,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Manage SMTP AUTH users (salted argon2 hashes).
+    User {
+        #[command(subcommand)]
+        action: UserCmd,
+        #[arg(long, global = true)]
+        users_file: Option<PathBuf>,
+    },
     /// Run the relay in the foreground; SIGTERM or SIGINT drains and exits 0.
     Serve {
         /// Config file; without it, the embedded tuning/default.toml.
@@ -54,6 +86,18 @@ enum Cmd {
 }
 
 #[derive(Subcommand)]
+enum UserCmd {
+    /// Add or change a user; the password is read from the first line of stdin.
+    Add {
+        name: String,
+    },
+    Remove {
+        name: String,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
 enum QueueCmd {
     /// One line per queued message: id, age, size, state, sender, recipients.
     List,
@@ -76,6 +120,19 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => config_error(&e),
+        },
+        Cmd::User { action, users_file } => match users_file {
+            Some(f) => match user(&f, action) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ringpost: user: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            None => {
+                eprintln!("ringpost: user: --users-file FILE is required");
+                ExitCode::from(EXIT_CONFIG)
+            }
         },
         Cmd::Queue {
             action,
@@ -128,6 +185,24 @@ fn serve(path: Option<&Path>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    let shared = match build_shared(&config) {
+        Ok(s) => Arc::new(s),
+        Err(e) => return config_error(&e),
+    };
+    if let Some(tls) = shared.tls.clone() {
+        let hup = Arc::new(AtomicBool::new(false));
+        if signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup)).is_ok() {
+            std::thread::spawn(move || loop {
+                std::thread::sleep(SIGNAL_POLL);
+                if hup.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    match tls.reload() {
+                        Ok(()) => log::info!("SIGHUP: TLS certificate reloaded"),
+                        Err(e) => log::error!("SIGHUP: keeping the old TLS certificate: {e}"),
+                    }
+                }
+            });
+        }
+    }
     let config = Arc::new(config);
     let listeners: Vec<String> = config
         .listen
@@ -138,6 +213,7 @@ fn serve(path: Option<&Path>) -> ExitCode {
         Arc::clone(&config),
         cpus.clone(),
         Arc::clone(&shutdown),
+        shared,
         |startups| {
             for s in startups {
                 if let Startup::Ready { shard, cpu, report } = s {
@@ -314,6 +390,43 @@ fn queue(dir: &Path, action: QueueCmd) -> std::io::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn user(file: &Path, action: UserCmd) -> Result<(), String> {
+    let mut users = ringpost::auth::load(file)?;
+    match action {
+        UserCmd::Add { name } => {
+            if !ringpost::auth::valid_user(&name) {
+                return Err(format!(
+                    "{name:?} is not a valid user name (no spaces or ':')"
+                ));
+            }
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .map_err(|e| e.to_string())?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                return Err("empty password on stdin".into());
+            }
+            users.insert(name.clone(), ringpost::auth::hash_password(password)?);
+            ringpost::auth::save(file, &users)?;
+            println!("user {name} saved in {}", file.display());
+        }
+        UserCmd::Remove { name } => {
+            if users.remove(&name).is_none() {
+                return Err(format!("no user {name}"));
+            }
+            ringpost::auth::save(file, &users)?;
+            println!("user {name} removed");
+        }
+        UserCmd::List => {
+            for u in users.keys() {
+                println!("{u}");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn age(micros: u64) -> String {

@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
         match ev {
             Event::Message => s.stored(Ok("0000000000000001"), &mut out),
             Event::Etrn => {}
+            Event::StartTls | Event::Auth => break,
             Event::NeedInput | Event::Close => break,
         }
     }

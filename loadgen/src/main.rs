@@ -116,6 +116,11 @@ struct SinkArgs {
     /// Do not offer STARTTLS.
     #[arg(long)]
     no_tls: bool,
+    /// Certificate chain (PEM) for STARTTLS instead of a generated self-signed one.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
     /// Extensions not to offer: pipelining, size, 8bitmime, enhancedstatuscodes, smtputf8,
     /// chunking, dsn, starttls, ehlo (then only HELO works).
     #[arg(long = "disable")]
@@ -356,6 +361,7 @@ fn cmd_sink(a: SinkArgs) -> Result<ExitCode, String> {
         hostname: a.hostname,
         lmtp: a.lmtp,
         starttls: !a.no_tls,
+        cert: a.cert.zip(a.key),
         disabled: a.disabled.iter().map(|d| d.to_ascii_lowercase()).collect(),
         defer_rate: a.defer_rate,
         reject_rate: a.reject_rate,

@@ -40,6 +40,8 @@ pub struct SinkConfig {
     pub hostname: String,
     pub lmtp: bool,
     pub starttls: bool,
+    /// A given certificate and key (PEM), instead of a generated one.
+    pub cert: Option<(PathBuf, PathBuf)>,
     pub disabled: HashSet<String>,
     pub defer_rate: f64,
     pub reject_rate: f64,
@@ -130,12 +132,12 @@ pub struct Sink {
 
 impl Sink {
     pub fn new(cfg: SinkConfig) -> Result<Arc<Sink>, String> {
-        let tls = if cfg.starttls {
-            Some(crate::tls::sink_server_config(std::slice::from_ref(
+        let tls = match (&cfg.cert, cfg.starttls) {
+            (_, false) => None,
+            (Some((cert, key)), true) => Some(ringpost::tls::server_config(cert, key)?),
+            (None, true) => Some(crate::tls::sink_server_config(std::slice::from_ref(
                 &cfg.hostname,
-            ))?)
-        } else {
-            None
+            ))?),
         };
         if let Some(dir) = &cfg.record {
             std::fs::create_dir_all(dir).map_err(|e| format!("--record {}: {e}", dir.display()))?;

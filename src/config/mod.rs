@@ -295,8 +295,10 @@ pub struct Delivery {
         serialize_with = "duration::serialize"
     )]
     pub negative_ttl: Duration,
-    /// Outbound STARTTLS: "opportunistic" (when offered) or "none".
+    /// Outbound STARTTLS: "opportunistic" (default), "required" or "none".
     pub tls: OutboundTls,
+    /// Extra CA certificates (PEM) trusted for `tls = "required"`, besides the system's.
+    pub tls_ca_file: Option<PathBuf>,
     /// Send a "delayed" DSN once a message has waited this long; "0s" = never.
     #[serde(
         deserialize_with = "duration::deserialize",
@@ -308,8 +310,12 @@ pub struct Delivery {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutboundTls {
+    /// Never STARTTLS.
     None,
+    /// STARTTLS when offered, certificate not checked (RFC 7435); plain text otherwise.
     Opportunistic,
+    /// STARTTLS with a verified certificate for the host name, or defer (4.7.x).
+    Required,
 }
 
 impl Default for Delivery {
@@ -331,6 +337,7 @@ impl Default for Delivery {
             dns_attempts: 2,
             negative_ttl: Duration::from_secs(60),
             tls: OutboundTls::Opportunistic,
+            tls_ca_file: None,
             delay_warning: Duration::ZERO,
         }
     }
@@ -342,6 +349,8 @@ pub struct Route {
     pub domain: String,
     pub smarthost: Option<String>,
     pub lmtp: Option<String>,
+    /// TLS policy for this destination; default `[delivery] tls`.
+    pub tls: Option<OutboundTls>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -353,7 +362,28 @@ pub struct Admin {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Auth {
+    /// `user:$argon2id$...` lines, managed with `ringpost user add|remove|list`.
     pub users_file: PathBuf,
+    /// Offer AUTH without TLS to clients on loopback (tests, local submission).
+    #[serde(default)]
+    pub allow_plaintext_loopback: bool,
+    /// Failed AUTH attempts one client IP may make within `failure_window` (per shard).
+    #[serde(default = "default_auth_failures_max")]
+    pub failures_max: u32,
+    #[serde(
+        default = "default_auth_failure_window",
+        deserialize_with = "duration::deserialize",
+        serialize_with = "duration::serialize"
+    )]
+    pub failure_window: Duration,
+}
+
+fn default_auth_failures_max() -> u32 {
+    5
+}
+
+fn default_auth_failure_window() -> Duration {
+    Duration::from_secs(300)
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -470,20 +500,18 @@ impl Config {
             if !seen.insert(l.addr) {
                 return Err(format!("[[listen]] addr {} appears twice", l.addr));
             }
-            if l.kind != ListenKind::Smtp {
+            if l.kind == ListenKind::Smtps && self.tls.is_none() {
                 return Err(format!(
-                    "[[listen]] {}: kind {:?} needs TLS/AUTH, which this build does not serve yet (README: Status)",
-                    l.addr, l.kind
+                    "[[listen]] {}: kind \"smtps\" needs a [tls] cert and key",
+                    l.addr
                 ));
             }
-        }
-        if self.tls.is_some() {
-            return Err("[tls]: STARTTLS is not served by this build yet (README: Status)".into());
-        }
-        if self.auth.is_some() {
-            return Err(
-                "[auth]: SMTP AUTH is not served by this build yet (README: Status)".into(),
-            );
+            if l.kind == ListenKind::Submission && self.auth.is_none() {
+                return Err(format!(
+                    "[[listen]] {}: kind \"submission\" needs [auth] users_file",
+                    l.addr
+                ));
+            }
         }
         if self.admin.is_some() {
             return Err(

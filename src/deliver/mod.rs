@@ -104,6 +104,7 @@ pub struct Deliverer {
     hostname: String,
     resolver: Rc<Resolver>,
     tls: Option<Arc<rustls::ClientConfig>>,
+    verified: Option<Arc<rustls::ClientConfig>>,
     sites: RefCell<HashMap<String, Rc<SiteQueue>>>,
     files: RefCell<HashMap<Arc<PathBuf>, Rc<BufferedFile>>>,
     report: Box<dyn Fn(Report)>,
@@ -120,17 +121,18 @@ impl Deliverer {
         resolver: Rc<Resolver>,
         report: Box<dyn Fn(Report)>,
     ) -> Deliverer {
-        let tls = match cfg.tls {
-            OutboundTls::Opportunistic => crate::tls::opportunistic_client()
-                .map_err(|e| log::error!("TLS client config: {e}"))
-                .ok(),
-            OutboundTls::None => None,
-        };
+        let tls = crate::tls::opportunistic_client()
+            .map_err(|e| log::error!("TLS client config: {e}"))
+            .ok();
+        let verified = crate::tls::verified_client(cfg.tls_ca_file.as_deref())
+            .map_err(|e| log::error!("TLS client config for tls = \"required\": {e}"))
+            .ok();
         Deliverer {
             cfg,
             hostname,
             resolver,
             tls,
+            verified,
             sites: RefCell::new(HashMap::new()),
             files: RefCell::new(HashMap::new()),
             report,
@@ -317,51 +319,82 @@ impl Deliverer {
             };
             for ip in ips {
                 let addr = SocketAddr::new(ip, site.port);
-                match self.try_host(host, addr, site.protocol).await {
+                match self.try_host(host, addr, site).await {
                     Ok(out) => return Ok(out),
-                    Err(e) => last = format!("451 4.4.1 {host}[{ip}]:{}: {e}", site.port),
+                    Err(e) => last = e,
                 }
             }
         }
         Err(last)
     }
 
+    /// One host: connect, greeting, EHLO, STARTTLS as the site's TLS policy says.
+    /// The error is the reply to record (4.4.1 unreachable, 4.7.x TLS policy).
     async fn try_host(
         &self,
         host: &str,
         addr: SocketAddr,
-        protocol: Protocol,
-    ) -> io::Result<Outbound> {
+        site: &Site,
+    ) -> Result<Outbound, String> {
+        let at = format!("{host}[{}]:{}", addr.ip(), addr.port());
+        let io = |e: io::Error| format!("451 4.4.1 {at}: {e}");
+        let io = &io;
         let tcp = TcpStream::connect_timeout(addr, self.cfg.connect_timeout)
             .await
-            .map_err(io::Error::from)?;
-        tcp.set_read_timeout(Some(self.cfg.command_timeout))?;
-        tcp.set_write_timeout(Some(self.cfg.command_timeout))?;
+            .map_err(|e| io(io::Error::from(e)))?;
+        tcp.set_read_timeout(Some(self.cfg.command_timeout))
+            .map_err(|e| io(e.into()))?;
+        tcp.set_write_timeout(Some(self.cfg.command_timeout))
+            .map_err(|e| io(e.into()))?;
         let _ = tcp.set_nodelay(true);
         let mut conn = Conn::new(Stream::Plain(tcp));
-        let greeting = conn.reply().await?;
+        let greeting = conn.reply().await.map_err(io)?;
         if greeting.code != 220 {
-            return Err(io::Error::other(format!(
-                "greeting {} {}",
+            return Err(format!(
+                "451 4.4.1 {at}: greeting {} {}",
                 greeting.code,
                 greeting.lines.join(" ")
-            )));
+            ));
         }
-        let lmtp = protocol == Protocol::Lmtp;
-        let mut caps = self.hello(&mut conn, lmtp).await?;
-        if caps.starttls {
-            if let Some(tls) = &self.tls {
-                conn.send(b"STARTTLS\r\n").await?;
-                let r = conn.reply().await?;
-                if r.code == 220 {
-                    let plain = std::mem::replace(&mut conn.stream, Stream::Gone);
-                    conn = Conn::new(
-                        plain
-                            .upgrade_client(Arc::clone(tls), host.trim_end_matches('.'))
-                            .await?,
-                    );
-                    caps = self.hello(&mut conn, lmtp).await?;
+        let lmtp = site.protocol == Protocol::Lmtp;
+        let mut caps = self.hello(&mut conn, lmtp).await.map_err(io)?;
+        let config = match site.tls {
+            OutboundTls::None => None,
+            OutboundTls::Opportunistic => self.tls.clone(),
+            OutboundTls::Required => {
+                let Some(c) = self.verified.clone() else {
+                    return Err(format!(
+                        "451 4.7.5 {at}: no trust store for tls = \"required\""
+                    ));
+                };
+                if !caps.starttls {
+                    return Err(format!(
+                        "451 4.7.4 {at}: TLS is required but the host does not offer STARTTLS"
+                    ));
                 }
+                Some(c)
+            }
+        };
+        if let (true, Some(config)) = (caps.starttls, config) {
+            conn.send(b"STARTTLS\r\n").await.map_err(io)?;
+            let r = conn.reply().await.map_err(io)?;
+            if r.code == 220 {
+                let plain = std::mem::replace(&mut conn.stream, Stream::Gone);
+                // SNI and verification use the MX host name (RFC 7672 would use DANE;
+                // MTA-STS, RFC 8461, would also check the name against the policy).
+                conn = Conn::new(
+                    plain
+                        .upgrade_client(config, host.trim_end_matches('.'))
+                        .await
+                        .map_err(|e| format!("451 4.7.5 {at}: TLS handshake failed: {e}"))?,
+                );
+                caps = self.hello(&mut conn, lmtp).await.map_err(io)?;
+            } else if site.tls == OutboundTls::Required {
+                return Err(format!(
+                    "451 4.7.4 {at}: STARTTLS refused: {} {}",
+                    r.code,
+                    r.lines.join(" ")
+                ));
             }
         }
         Ok(Outbound {

@@ -2,9 +2,10 @@
 //! the bytes the socket delivers. Every buffered command is processed before the replies
 //! go out in one write (PIPELINING); a message's 250 waits for the queue log's sync.
 
+use crate::net::stream::Stream;
 use crate::queue::record::NewMessage;
 use crate::shard::Shard;
-use crate::smtp::session::{Event, Session};
+use crate::smtp::session::{AuthResult, Event, ListenerMode, Session};
 use futures_lite::future;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
@@ -16,7 +17,7 @@ use std::time::Duration;
 /// Pause after an accept error such as EMFILE, so a full fd table does not spin the shard.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
-pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, mode: ListenerMode) {
     loop {
         let accepted = future::or(async { Some(listener.accept().await) }, async {
             shard.drain_started.wait().await;
@@ -26,7 +27,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         match accepted {
             None => return,
             Some(Ok(stream)) => {
-                glommio::spawn_local(serve(Rc::clone(&shard), stream)).detach();
+                glommio::spawn_local(serve(Rc::clone(&shard), stream, mode)).detach();
             }
             Some(Err(e)) => {
                 log::warn!("shard {}: accept failed: {e}", shard.id);
@@ -79,20 +80,38 @@ impl Drop for Admission {
     }
 }
 
-async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
-    let Ok(peer) = stream.peer_addr() else { return };
-    let mut session = Session::new(&shard.session, peer.ip());
+async fn serve(shard: Rc<Shard>, tcp: TcpStream, mode: ListenerMode) {
+    let Ok(peer) = tcp.peer_addr() else { return };
+    let mut session = Session::with_mode(&shard.session, peer.ip(), mode);
     let mut out = Vec::with_capacity(1024);
-    let _ = stream.set_write_timeout(Some(shard.limits.command_timeout));
+    let _ = tcp.set_write_timeout(Some(shard.limits.command_timeout));
+    let _ = tcp.set_read_timeout(Some(shard.limits.command_timeout));
+    let mut stream = Stream::Plain(tcp);
+    if mode.implicit_tls {
+        // smtps (RFC 8314): the handshake comes before the greeting.
+        let Some(tls) = shard.tls.as_ref() else {
+            return;
+        };
+        stream = match stream.upgrade_server(tls.current()).await {
+            Ok(s) => s,
+            Err(e) => {
+                log::debug!("shard {}: TLS handshake with {peer} failed: {e}", shard.id);
+                return;
+            }
+        };
+        session.tls_started(stream.tls_info().unwrap_or_default());
+    }
     let Some(_admission) = Admission::try_new(&shard, peer.ip()) else {
         session.too_many_connections(&mut out);
         let _ = stream.write_all(&out).await;
         let _ = stream.close().await;
         return;
     };
-    let _ = stream.set_nodelay(true);
+    if let Some(tcp) = stream.tcp() {
+        let _ = tcp.set_nodelay(true);
+    }
     session.greeting(&mut out);
-    if stream.write_all(&out).await.is_err() {
+    if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
         return;
     }
     out.clear();
@@ -103,14 +122,16 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         end: 0,
         received: Vec::with_capacity(256),
         peer_text: peer.ip().to_string(),
+        stream,
     };
-    if let Err(e) = conn.run(&mut stream, &mut session, &mut out).await {
+    if let Err(e) = conn.run(&mut session, &mut out).await {
         log::debug!("shard {}: session with {} ended: {e}", shard.id, peer);
     }
     if !out.is_empty() {
-        let _ = stream.write_all(&out).await;
+        let _ = conn.stream.write_all(&out).await;
+        let _ = conn.stream.flush().await;
     }
-    let _ = stream.close().await;
+    let _ = conn.stream.close().await;
 }
 
 struct Conn<'s> {
@@ -121,6 +142,7 @@ struct Conn<'s> {
     end: usize,
     received: Vec<u8>,
     peer_text: String,
+    stream: Stream,
 }
 
 enum Read {
@@ -131,14 +153,9 @@ enum Read {
 }
 
 impl Conn<'_> {
-    async fn run(
-        &mut self,
-        stream: &mut TcpStream,
-        session: &mut Session<'_>,
-        out: &mut Vec<u8>,
-    ) -> io::Result<()> {
+    async fn run(&mut self, session: &mut Session<'_>, out: &mut Vec<u8>) -> io::Result<()> {
         loop {
-            match self.read(stream, session).await? {
+            match self.read(session).await? {
                 Read::Bytes(n) => self.end += n,
                 Read::Eof => return Ok(()),
                 Read::Timeout => {
@@ -150,7 +167,7 @@ impl Conn<'_> {
                     return Ok(());
                 }
             }
-            if self.process(session, out).await {
+            if self.process(session, out).await? {
                 return Ok(());
             }
             if self.shard.drain_started.get().is_some()
@@ -161,22 +178,30 @@ impl Conn<'_> {
                 session.shutting_down(out);
                 return Ok(());
             }
-            if !out.is_empty() {
-                stream.write_all(out).await?;
-                out.clear();
-            }
+            self.flush(out).await?;
         }
     }
 
+    async fn flush(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+        if !out.is_empty() {
+            self.stream.write_all(out).await?;
+            self.stream.flush().await?;
+            out.clear();
+        }
+        Ok(())
+    }
+
     /// Feeds the session everything buffered. Returns true when the session is over.
-    async fn process(&mut self, session: &mut Session<'_>, out: &mut Vec<u8>) -> bool {
+    async fn process(&mut self, session: &mut Session<'_>, out: &mut Vec<u8>) -> io::Result<bool> {
         loop {
             let (used, event) = session.feed(&self.buf[self.start..self.end], out);
             self.start += used;
             match event {
-                Event::NeedInput => return false,
-                Event::Close => return true,
+                Event::NeedInput => return Ok(false),
+                Event::Close => return Ok(true),
                 Event::Message => self.store(session, out).await,
+                Event::StartTls => self.starttls(session, out).await?,
+                Event::Auth => self.authenticate(session, out).await,
                 Event::Etrn => {
                     let n = self.shard.links.flush_everywhere(session.etrn_node());
                     log::info!(
@@ -222,7 +247,52 @@ impl Conn<'_> {
         session.stored(result.map(|()| id_text), out);
     }
 
-    async fn read(&mut self, stream: &mut TcpStream, session: &Session<'_>) -> io::Result<Read> {
+    /// STARTTLS (RFC 3207): the 220 goes out, then anything the client sent after the
+    /// command in the same packet is dropped unread (the CVE-2011-0411 command injection),
+    /// then the handshake.
+    async fn starttls(&mut self, session: &mut Session<'_>, out: &mut Vec<u8>) -> io::Result<()> {
+        self.flush(out).await?;
+        let injected = self.end - self.start;
+        if injected > 0 {
+            log::info!(
+                "shard {}: {} sent {injected} octets after STARTTLS; discarded",
+                self.shard.id,
+                self.peer_text
+            );
+        }
+        self.start = 0;
+        self.end = 0;
+        let tls = self
+            .shard
+            .tls
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no TLS configured"))?;
+        let plain = std::mem::replace(&mut self.stream, Stream::Gone);
+        self.stream = plain.upgrade_server(tls.current()).await?;
+        session.tls_started(self.stream.tls_info().unwrap_or_default());
+        Ok(())
+    }
+
+    /// Checks AUTH credentials off the executor (password hashing is slow on purpose),
+    /// after the per-client failure limit.
+    async fn authenticate(&mut self, session: &mut Session<'_>, out: &mut Vec<u8>) {
+        let ip = session.peer();
+        let result = match (self.shard.auth.as_ref(), session.credentials()) {
+            (Some(auth), Some(creds)) => auth.check(ip, creds).await,
+            _ => AuthResult::Unavailable,
+        };
+        if result != AuthResult::Ok {
+            log::warn!(
+                "shard {}: AUTH failed for {} from {}: {result:?}",
+                self.shard.id,
+                session.credentials().map_or("", |c| c.user.as_str()),
+                self.peer_text
+            );
+        }
+        session.auth_result(result, out);
+    }
+
+    async fn read(&mut self, session: &Session<'_>) -> io::Result<Read> {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -237,7 +307,10 @@ impl Conn<'_> {
         } else {
             limits.command_timeout
         };
-        stream.set_read_timeout(Some(timeout))?;
+        if let Some(tcp) = self.stream.tcp() {
+            tcp.set_read_timeout(Some(timeout))?;
+        }
+        let stream = &mut self.stream;
         // Between transactions a drain ends the session at once; inside one it may finish
         // until the grace period is over.
         let stop = if session.in_transaction() {

@@ -5,7 +5,7 @@
 
 pub mod dns;
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, OutboundTls};
 use dns::{Answer, DnsError, Resolver};
 use hickory_proto::rr::{RData, RecordType};
 use std::collections::HashMap;
@@ -28,10 +28,11 @@ pub struct Site {
     pub hosts: Vec<String>,
     pub port: u16,
     pub protocol: Protocol,
+    pub tls: OutboundTls,
 }
 
 impl Site {
-    fn new(mut hosts: Vec<String>, port: u16, protocol: Protocol) -> Site {
+    fn new(mut hosts: Vec<String>, port: u16, protocol: Protocol, tls: OutboundTls) -> Site {
         let mut sorted = hosts.clone();
         sorted.sort();
         sorted.dedup();
@@ -40,11 +41,17 @@ impl Site {
             Protocol::Smtp => "smtp",
             Protocol::Lmtp => "lmtp",
         };
+        let tls_key = match tls {
+            OutboundTls::None => "none",
+            OutboundTls::Opportunistic => "may",
+            OutboundTls::Required => "must",
+        };
         Site {
-            key: format!("{proto}:{}:{port}", sorted.join(",")),
+            key: format!("{proto}:{}:{port}:{tls_key}", sorted.join(",")),
             hosts,
             port,
             protocol,
+            tls,
         }
     }
 
@@ -67,7 +74,8 @@ pub enum RouteError {
 }
 
 pub struct Router {
-    routes: HashMap<String, (String, u16, Protocol)>,
+    routes: HashMap<String, (String, u16, Protocol, OutboundTls)>,
+    default_tls: OutboundTls,
     pub resolver: Rc<Resolver>,
     port: u16,
     hostname: String,
@@ -87,11 +95,13 @@ impl Router {
                     _ => return None,
                 };
                 let (host, port) = config::split_host_port(target)?;
-                Some((r.domain.to_ascii_lowercase(), (host, port, protocol)))
+                let tls = r.tls.unwrap_or(c.delivery.tls);
+                Some((r.domain.to_ascii_lowercase(), (host, port, protocol, tls)))
             })
             .collect();
         Router {
             routes,
+            default_tls: c.delivery.tls,
             resolver,
             port: c.delivery.port,
             hostname: c.server.hostname.to_ascii_lowercase(),
@@ -113,9 +123,15 @@ impl Router {
     /// The site for a recipient domain.
     pub async fn route(&self, domain: &str) -> Result<Arc<Site>, RouteError> {
         let domain = domain.to_ascii_lowercase();
-        if let Some((host, port, protocol)) = self.routes.get(&domain) {
-            return Ok(Arc::new(Site::new(vec![host.clone()], *port, *protocol)));
+        if let Some((host, port, protocol, tls)) = self.routes.get(&domain) {
+            return Ok(Arc::new(Site::new(
+                vec![host.clone()],
+                *port,
+                *protocol,
+                *tls,
+            )));
         }
+        let tls = self.tls_policy(&domain);
         if domain.starts_with('[') {
             // An address literal is its own (only) host.
             let ip = domain.trim_start_matches('[').trim_end_matches(']');
@@ -124,6 +140,7 @@ impl Router {
                 vec![ip.to_string()],
                 self.port,
                 Protocol::Smtp,
+                tls,
             )));
         }
         let hosts = self.mx_hosts(&domain).await?;
@@ -132,7 +149,15 @@ impl Router {
             hosts.into_iter().map(|(_, h)| h).collect(),
             self.port,
             Protocol::Smtp,
+            tls,
         )))
+    }
+
+    /// The TLS policy for a destination domain without a route of its own. This is where
+    /// MTA-STS (RFC 8461: `enforce` makes a domain `Required`, checked against the policy's
+    /// MX names) and DANE (RFC 7672: TLSA records) plug in; today it is `[delivery] tls`.
+    fn tls_policy(&self, _domain: &str) -> OutboundTls {
+        self.default_tls
     }
 
     /// MX hosts by preference (ties shuffled), or the domain itself (implicit MX).
@@ -224,11 +249,13 @@ mod tests {
             vec!["mx2.test".into(), "mx1.test".into()],
             25,
             Protocol::Smtp,
+            OutboundTls::Opportunistic,
         );
         let b = Site::new(
             vec!["mx1.test".into(), "mx2.test".into()],
             25,
             Protocol::Smtp,
+            OutboundTls::Opportunistic,
         );
         assert_eq!(a.key, b.key);
         assert_eq!(
@@ -237,7 +264,12 @@ mod tests {
             "preference order kept"
         );
         assert_eq!(a.owner(7), b.owner(7));
-        let c = Site::new(vec!["mx1.test".into()], 24, Protocol::Lmtp);
+        let c = Site::new(
+            vec!["mx1.test".into()],
+            24,
+            Protocol::Lmtp,
+            OutboundTls::Opportunistic,
+        );
         assert_ne!(a.key, c.key);
         for n in 1..8 {
             assert!(a.owner(n) < n);

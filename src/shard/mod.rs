@@ -5,7 +5,7 @@
 pub mod links;
 pub mod local;
 
-use crate::config::Config;
+use crate::config::{Config, ListenKind};
 use crate::deliver::qmgr::QueueManager;
 use crate::deliver::{Deliverer, DeliveryStats, Mail};
 use crate::net::inbound;
@@ -13,6 +13,7 @@ use crate::queue::log::{Log, LogSettings, LogStats, RecoveryReport};
 use crate::queue::recovery;
 use crate::route::dns::{self, Resolver};
 use crate::route::Router;
+use crate::smtp::session::ListenerMode;
 use crate::smtp::session::SessionConfig;
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::TcpListener;
@@ -60,6 +61,8 @@ pub struct Shard {
     pub qmgr: Rc<QueueManager>,
     pub deliverer: Rc<Deliverer>,
     pub links: Rc<links::Links>,
+    pub tls: Option<Arc<crate::tls::Reloadable>>,
+    pub auth: Option<crate::auth::Authenticator>,
 }
 
 /// What a shard tells the main thread once it is serving (or why it could not start).
@@ -105,10 +108,20 @@ pub fn owned_dirs(
 
 /// Starts every shard, waits until all serve (or one fails), then runs until `shutdown`
 /// is set and every shard has drained. Returns each shard's final stats.
+/// What every shard shares, built once before the shards start.
+pub struct Shared {
+    /// Our certificate (reloaded on SIGHUP).
+    pub tls: Option<Arc<crate::tls::Reloadable>>,
+    pub users: Option<Arc<std::collections::BTreeMap<String, String>>>,
+    /// A hash checked for unknown users, so that they cost as much as known ones.
+    pub decoy: Arc<String>,
+}
+
 pub fn run(
     config: Arc<Config>,
     cpus: Vec<usize>,
     shutdown: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     on_ready: impl FnOnce(&[Startup]),
 ) -> Result<Vec<Finished>, String> {
     let n = cpus.len();
@@ -120,13 +133,26 @@ pub fn run(
         let shutdown = Arc::clone(&shutdown);
         let tx = tx.clone();
         let mesh = mesh.clone();
+        let shared = Arc::clone(&shared);
         let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard-{k}"))
             .ring_depth(config.tuning.ring_depth)
             .io_memory(config.tuning.io_memory_bytes)
             .preempt_timer(config.tuning.preempt_timer);
         let handle = builder
-            .spawn(move || async move { shard_main(k, n, cpu, config, shutdown, tx, mesh).await })
+            .spawn(move || async move {
+                shard_main(
+                    Place { k, n, cpu },
+                    Inputs {
+                        config,
+                        shutdown,
+                        tx,
+                        mesh,
+                        shared,
+                    },
+                )
+                .await
+            })
             .map_err(|e| format!("shard {k}: cannot start an executor on cpu {cpu}: {e}"))?;
         handles.push(handle);
     }
@@ -170,15 +196,31 @@ pub fn run(
     Ok(finished)
 }
 
-async fn shard_main(
+/// Where a shard sits: its index, the shard count and its CPU.
+struct Place {
     k: usize,
     n: usize,
     cpu: usize,
+}
+
+/// What a shard gets from the main thread.
+struct Inputs {
     config: Arc<Config>,
     shutdown: Arc<AtomicBool>,
     tx: mpsc::Sender<Startup>,
     mesh: MeshBuilder<Mail, Full>,
-) -> Option<Finished> {
+    shared: Arc<Shared>,
+}
+
+async fn shard_main(place: Place, inputs: Inputs) -> Option<Finished> {
+    let Place { k, n, cpu } = place;
+    let Inputs {
+        config,
+        shutdown,
+        tx,
+        mesh,
+        shared,
+    } = inputs;
     let fail = |error: String| {
         let _ = tx.send(Startup::Failed { shard: k, error });
         None
@@ -198,8 +240,13 @@ async fn shard_main(
     };
     let mut listeners = Vec::new();
     for l in &config.listen {
+        let mode = ListenerMode {
+            starttls: config.tls.is_some() && l.kind != ListenKind::Smtps,
+            implicit_tls: l.kind == ListenKind::Smtps,
+            auth_required: l.kind == ListenKind::Submission,
+        };
         match TcpListener::bind(l.addr) {
-            Ok(listener) => listeners.push(listener),
+            Ok(listener) => listeners.push((listener, mode)),
             Err(e) => return fail(format!("cannot listen on {}: {e}", l.addr)),
         }
     }
@@ -263,10 +310,20 @@ async fn shard_main(
         qmgr: Rc::clone(&qmgr),
         deliverer: Rc::clone(&deliverer),
         links: Rc::clone(&links),
+        tls: shared.tls.clone(),
+        auth: match (&shared.users, &config.auth) {
+            (Some(users), Some(a)) => Some(crate::auth::Authenticator::new(
+                Arc::clone(users),
+                Arc::clone(&shared.decoy),
+                a.failures_max,
+                a.failure_window,
+            )),
+            _ => None,
+        },
     });
     let acceptors: Vec<_> = listeners
         .into_iter()
-        .map(|l| glommio::spawn_local(inbound::accept_loop(Rc::clone(&shard), l)))
+        .map(|(l, mode)| glommio::spawn_local(inbound::accept_loop(Rc::clone(&shard), l, mode)))
         .collect();
     let _ = tx.send(Startup::Ready {
         shard: k,

@@ -7,4 +7,5 @@ pub mod client;
 pub mod data;
 pub mod parser;
 pub mod policy;
+pub mod sasl;
 pub mod session;

@@ -9,6 +9,7 @@ use super::address::Path;
 use super::data::{self, ChunkCheck, DataScanner};
 use super::parser::{self, Body, Command, Frame, MailParams, RcptParams, Ret};
 use super::policy::{Lookup, Policy};
+use super::sasl;
 use crate::config::{Config, Expn, Vrfy};
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -22,6 +23,12 @@ pub struct SessionConfig {
     pub max_errors: u32,
     pub line_bytes_max: usize,
     pub policy: Policy,
+    /// `[tls]` is configured: STARTTLS can be offered.
+    pub tls: bool,
+    /// `[auth]` is configured: AUTH can be offered.
+    pub auth: bool,
+    /// AUTH without TLS for clients on loopback.
+    pub auth_plaintext_loopback: bool,
 }
 
 impl SessionConfig {
@@ -32,6 +39,9 @@ impl SessionConfig {
             max_errors: c.server.max_errors,
             line_bytes_max: c.server.command_line_bytes_max,
             policy: Policy::from_config(c),
+            tls: c.tls.is_some(),
+            auth: c.auth.is_some(),
+            auth_plaintext_loopback: c.auth.as_ref().is_some_and(|a| a.allow_plaintext_loopback),
         }
     }
 }
@@ -68,6 +78,11 @@ pub enum Event {
     Message,
     /// A trusted client asked for the queue of [`Session::etrn_node`] to run now.
     Etrn,
+    /// "220 Ready to start TLS" is in the output: write it, drop any input the client
+    /// pipelined after STARTTLS, do the handshake, then call [`Session::tls_started`].
+    StartTls,
+    /// Credentials to verify ([`Session::credentials`]); then call [`Session::auth_result`].
+    Auth,
     /// Write the replies, then close the connection.
     Close,
 }
@@ -86,7 +101,36 @@ enum State {
     },
     /// Waiting for [`Session::stored`].
     Storing,
+    /// Waiting for the caller (TLS handshake, password check).
+    Paused,
+    /// AUTH PLAIN without an initial response: the next line is the response.
+    AuthPlain,
+    /// AUTH LOGIN: the next line is the user name, then the password.
+    AuthLoginUser,
+    AuthLoginPassword,
     Closed,
+}
+
+/// What the caller's password check said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthResult {
+    Ok,
+    Invalid,
+    /// Too many failures from this client recently.
+    Locked,
+    /// The check itself failed (users file unreadable, ...).
+    Unavailable,
+}
+
+/// How the listener that accepted the session is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ListenerMode {
+    /// Offer STARTTLS (smtp and submission listeners, when `[tls]` is configured).
+    pub starttls: bool,
+    /// The connection is TLS from the start (smtps).
+    pub implicit_tls: bool,
+    /// Submission: AUTH before MAIL.
+    pub auth_required: bool,
 }
 
 /// Why storing a message failed; each is one reply.
@@ -119,6 +163,12 @@ pub struct Session<'c> {
     bdat_over_limit: bool,
     errors: u32,
     etrn_node: String,
+    mode: ListenerMode,
+    /// The TLS protocol and cipher, once TLS is up.
+    tls: Option<String>,
+    authenticated: Option<String>,
+    credentials: Option<crate::smtp::sasl::Credentials>,
+    login_user: String,
 }
 
 const OK: &str = "250 2.0.0 Ok";
@@ -133,6 +183,10 @@ const LONG_LINE: &str =
 
 impl<'c> Session<'c> {
     pub fn new(cfg: &'c SessionConfig, peer: IpAddr) -> Session<'c> {
+        Session::with_mode(cfg, peer, ListenerMode::default())
+    }
+
+    pub fn with_mode(cfg: &'c SessionConfig, peer: IpAddr, mode: ListenerMode) -> Session<'c> {
         Session {
             cfg,
             peer,
@@ -151,6 +205,11 @@ impl<'c> Session<'c> {
             bdat_over_limit: false,
             errors: 0,
             etrn_node: String::new(),
+            mode,
+            tls: mode.implicit_tls.then(String::new),
+            authenticated: None,
+            credentials: None,
+            login_user: String::new(),
         }
     }
 
@@ -225,11 +284,21 @@ impl<'c> Session<'c> {
 
     /// Writes our trace header for the message being stored (RFC 5321 4.4).
     pub fn received_header(&self, id: &str, unix_secs: u64, out: &mut Vec<u8>) {
-        let proto = match (self.envelope.smtputf8, self.esmtp) {
+        // RFC 3848: S for TLS, A for an authenticated client.
+        let base = match (self.envelope.smtputf8, self.esmtp) {
             (true, _) => "UTF8SMTP",
             (false, true) => "ESMTP",
             (false, false) => "SMTP",
         };
+        let proto = format!(
+            "{base}{}{}",
+            if self.tls.is_some() { "S" } else { "" },
+            if self.authenticated.is_some() {
+                "A"
+            } else {
+                ""
+            }
+        );
         let _ = write!(
             out,
             "Received: from {} ([{}])\r\n\tby {} (ringpost) with {} id {}",
@@ -239,6 +308,9 @@ impl<'c> Session<'c> {
             proto,
             id
         );
+        if let Some(t) = self.tls.as_deref().filter(|t| !t.is_empty()) {
+            let _ = write!(out, "\r\n\t(using {t})");
+        }
         if let [only] = self.envelope.recipients.as_slice() {
             let _ = write!(out, "\r\n\tfor <{}>", only.address);
         }
@@ -253,6 +325,24 @@ impl<'c> Session<'c> {
             match self.state {
                 State::Closed => return (input.len(), Event::Close),
                 State::Storing => return (used, Event::Message),
+                State::Paused => return (used, Event::NeedInput),
+                State::AuthPlain | State::AuthLoginUser | State::AuthLoginPassword => {
+                    match parser::frame(rest, self.cfg.line_bytes_max) {
+                        Ok(Frame::Incomplete) => return (used, Event::NeedInput),
+                        Ok(Frame::Line(line, n)) => {
+                            used += n;
+                            if let Some(event) = self.auth_line(line, out) {
+                                return (used, event);
+                            }
+                        }
+                        Err(e) => {
+                            let (n, _) = parser::skip_line(rest);
+                            used += n.max(1);
+                            self.state = State::Command;
+                            self.reject(e.reply(), out);
+                        }
+                    }
+                }
                 State::Command => match parser::frame(rest, self.cfg.line_bytes_max) {
                     Ok(Frame::Incomplete) => return (used, Event::NeedInput),
                     Ok(Frame::Line(cmd, n)) => {
@@ -404,8 +494,8 @@ impl<'c> Session<'c> {
                 out,
             ),
             Command::Etrn(node) => return self.etrn(node, out),
-            Command::StartTls => self.reject("502 5.5.1 Error: STARTTLS is not available", out),
-            Command::Auth(_) => self.reject("503 5.5.1 Error: authentication not enabled", out),
+            Command::StartTls => return self.starttls(out),
+            Command::Auth(args) => return self.auth(args, out),
         }
         match self.state {
             State::Closed => Some(Event::Close),
@@ -440,6 +530,12 @@ impl<'c> Session<'c> {
         if p.expn != Expn::Off {
             out.extend_from_slice(b"250-EXPN\r\n");
         }
+        if self.starttls_offered() {
+            out.extend_from_slice(b"250-STARTTLS\r\n");
+        }
+        if self.auth_offered() {
+            out.extend_from_slice(b"250-AUTH PLAIN LOGIN\r\n");
+        }
         out.extend_from_slice(b"250-ETRN\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 DSN\r\n");
     }
 
@@ -449,6 +545,9 @@ impl<'c> Session<'c> {
         }
         if self.in_tx {
             return self.reject("503 5.5.1 Error: nested MAIL command", out);
+        }
+        if self.mode.auth_required && self.authenticated.is_none() {
+            return self.reject("530 5.7.0 Authentication required", out);
         }
         if !self.esmtp && params != MailParams::default() {
             return self.reject("555 5.5.4 Error: ESMTP parameters need EHLO", out);
@@ -545,7 +644,9 @@ impl<'c> Session<'c> {
             }
             // Address literals get the same policy as domains: only trusted clients.
             Lookup::Relay => self.accept_as_is(address, orcpt, notify, out),
-            Lookup::Unknown if self.trusted => self.accept_as_is(address, orcpt, notify, out),
+            Lookup::Unknown if self.trusted || self.authenticated.is_some() => {
+                self.accept_as_is(address, orcpt, notify, out)
+            }
             Lookup::Unknown => {
                 self.reject("554 5.7.1 Relay access denied", out);
                 false
@@ -777,6 +878,168 @@ impl<'c> Session<'c> {
                 }
                 self.errors += 1;
                 None
+            }
+        }
+    }
+
+    fn starttls_offered(&self) -> bool {
+        self.cfg.tls && self.mode.starttls && self.tls.is_none()
+    }
+
+    /// AUTH is offered over TLS, or in the clear to loopback clients when allowed.
+    fn auth_offered(&self) -> bool {
+        self.cfg.auth
+            && (self.tls.is_some() || (self.cfg.auth_plaintext_loopback && self.peer.is_loopback()))
+    }
+
+    fn starttls(&mut self, out: &mut Vec<u8>) -> Option<Event> {
+        if !self.starttls_offered() {
+            self.reject("502 5.5.1 Error: STARTTLS is not available", out);
+            return self.closing();
+        }
+        line(out, format_args!("220 2.0.0 Ready to start TLS"));
+        self.state = State::Paused;
+        Some(Event::StartTls)
+    }
+
+    /// The handshake is done: RFC 3207 4.2, everything learned before is forgotten.
+    pub fn tls_started(&mut self, description: String) {
+        self.reset_transaction();
+        self.helo = None;
+        self.esmtp = false;
+        self.authenticated = None;
+        self.tls = Some(description);
+        self.state = State::Command;
+    }
+
+    pub fn tls_active(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    pub fn authenticated(&self) -> Option<&str> {
+        self.authenticated.as_deref()
+    }
+
+    fn auth(&mut self, args: &[u8], out: &mut Vec<u8>) -> Option<Event> {
+        let refusal = if !self.cfg.auth {
+            Some("503 5.5.1 Error: authentication not enabled")
+        } else if self.helo.is_none() {
+            Some(NEED_HELO)
+        } else if self.authenticated.is_some() {
+            Some("503 5.5.1 Error: already authenticated")
+        } else if self.in_tx {
+            Some("503 5.5.1 Error: MAIL transaction in progress")
+        } else if !self.auth_offered() {
+            Some("538 5.7.11 Encryption required for requested authentication mechanism")
+        } else {
+            None
+        };
+        if let Some(r) = refusal {
+            self.reject(r, out);
+            return self.closing();
+        }
+        let mut words = args.split(|&b| b == b' ').filter(|w| !w.is_empty());
+        let mech = words.next().unwrap_or_default();
+        let initial = words.next();
+        if mech.eq_ignore_ascii_case(b"PLAIN") {
+            match initial {
+                Some(resp) => return self.auth_complete(sasl::plain(resp), out),
+                None => {
+                    line(out, format_args!("334 "));
+                    self.state = State::AuthPlain;
+                }
+            }
+        } else if mech.eq_ignore_ascii_case(b"LOGIN") {
+            match initial.map(sasl::login_part) {
+                Some(Ok(user)) => {
+                    self.login_user = user;
+                    line(out, format_args!("{}", sasl::LOGIN_PASSWORD));
+                    self.state = State::AuthLoginPassword;
+                }
+                Some(Err(e)) => self.reject(e, out),
+                None => {
+                    line(out, format_args!("{}", sasl::LOGIN_USER));
+                    self.state = State::AuthLoginUser;
+                }
+            }
+        } else {
+            self.reject(
+                "504 5.5.4 Error: unrecognized authentication type (PLAIN, LOGIN)",
+                out,
+            );
+        }
+        self.closing()
+    }
+
+    /// A line of an AUTH exchange.
+    fn auth_line(&mut self, resp: &[u8], out: &mut Vec<u8>) -> Option<Event> {
+        let state = self.state;
+        self.state = State::Command;
+        if sasl::is_cancel(resp) {
+            self.reject(sasl::ABORTED, out);
+            return self.closing();
+        }
+        match state {
+            State::AuthPlain => self.auth_complete(sasl::plain(resp), out),
+            State::AuthLoginUser => match sasl::login_part(resp) {
+                Ok(user) => {
+                    self.login_user = user;
+                    line(out, format_args!("{}", sasl::LOGIN_PASSWORD));
+                    self.state = State::AuthLoginPassword;
+                    None
+                }
+                Err(e) => {
+                    self.reject(e, out);
+                    self.closing()
+                }
+            },
+            _ => {
+                let user = std::mem::take(&mut self.login_user);
+                let creds =
+                    sasl::login_part(resp).map(|password| sasl::Credentials { user, password });
+                self.auth_complete(creds, out)
+            }
+        }
+    }
+
+    fn auth_complete(
+        &mut self,
+        creds: Result<sasl::Credentials, &'static str>,
+        out: &mut Vec<u8>,
+    ) -> Option<Event> {
+        match creds {
+            Ok(c) => {
+                self.credentials = Some(c);
+                self.state = State::Paused;
+                Some(Event::Auth)
+            }
+            Err(e) => {
+                self.reject(e, out);
+                self.closing()
+            }
+        }
+    }
+
+    /// The credentials of the last [`Event::Auth`].
+    pub fn credentials(&self) -> Option<&sasl::Credentials> {
+        self.credentials.as_ref()
+    }
+
+    pub fn auth_result(&mut self, result: AuthResult, out: &mut Vec<u8>) {
+        self.state = State::Command;
+        let creds = self.credentials.take();
+        match result {
+            AuthResult::Ok => {
+                self.authenticated = creds.map(|c| c.user);
+                line(out, format_args!("235 2.7.0 Authentication successful"));
+            }
+            AuthResult::Invalid => self.reject("535 5.7.8 Authentication credentials invalid", out),
+            AuthResult::Locked => self.reject(
+                "454 4.7.0 Too many authentication failures; try again later",
+                out,
+            ),
+            AuthResult::Unavailable => {
+                self.reject("454 4.7.0 Temporary authentication failure", out)
             }
         }
     }
