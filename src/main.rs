@@ -178,6 +178,7 @@ fn serve(path: Option<&Path>) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
+    raise_fd_limit();
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&shutdown)) {
@@ -264,6 +265,19 @@ fn serve(path: Option<&Path>) -> ExitCode {
         Err(e) => {
             eprintln!("ringpost: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// A relay holds a socket per session and per delivery connection: take the hard limit
+/// on open files as the soft one (systemd's LimitNOFILE sets the hard one).
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a zeroed struct of plain integers.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
 }

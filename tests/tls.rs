@@ -334,3 +334,50 @@ fn required_outbound_tls_defers_on_plain_and_delivers_when_verified() {
     let (env, _) = tls.wait_for("y@sink.test");
     assert_eq!(env["tls"], true);
 }
+
+#[test]
+fn sighup_reloads_the_certificate_without_dropping_sessions() {
+    let dir = TempDir::new("tls");
+    let old = pki(&dir.0.join("."), &["relay.test"]);
+    let server = Server::start(&tls_config(&old));
+    let mut before = starttls(server.port, &old.ca_der, b"");
+    before.expect("EHLO client.test", "250-");
+    // A new CA and certificate replace the files; SIGHUP makes the relay read them.
+    let newdir = TempDir::new("tls-new");
+    let new = pki(&newdir.0, &["relay.test"]);
+    std::fs::copy(&new.cert, &old.cert).unwrap();
+    std::fs::copy(&new.key, &old.key).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(server.child.as_ref().unwrap().id() as i32, libc::SIGHUP) };
+    let deadline = std::time::Instant::now() + WAIT;
+    while !server.stderr().contains("TLS certificate reloaded") {
+        assert!(std::time::Instant::now() < deadline, "{}", server.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut after = starttls(server.port, &new.ca_der, b"");
+    after.expect("EHLO client.test", "250-");
+    // The session from before the reload is still there.
+    before.expect("NOOP", "250");
+}
+
+#[test]
+fn auth_in_the_clear_only_for_loopback_when_allowed() {
+    use base64::Engine as _;
+    let dir = TempDir::new("auth");
+    let users = dir.0.join("users");
+    add_user(&users, "carol", "pw");
+    let server = Server::start(&format!(
+        "[auth]\nusers_file = \"{}\"\nallow_plaintext_loopback = true\n",
+        users.display()
+    ));
+    let mut c = server.connect();
+    c.expect("220 ");
+    let ehlo = c.cmd("EHLO client.test");
+    assert!(
+        ehlo.contains("250-AUTH PLAIN LOGIN") && !ehlo.contains("STARTTLS"),
+        "{ehlo}"
+    );
+    let b64 = base64::engine::general_purpose::STANDARD.encode(b"\0carol\0pw");
+    c.expect_cmd(&format!("AUTH PLAIN {b64}"), "235 2.7.0");
+    c.expect_cmd("AUTH PLAIN {b64}", "503 5.5.1");
+}

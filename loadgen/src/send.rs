@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 /// After a failed connect, wait this long before the next try (bounded retry rate).
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+/// A connection that failed this many times in a row gives up (the target is down).
+const CONNECT_FAILURES_MAX: u32 = 30;
 
 #[derive(Debug, Clone)]
 pub struct SendConfig {
@@ -286,6 +288,7 @@ async fn next_job(ctx: &ShardCtx) -> Option<Instant> {
 
 async fn connection(ctx: Rc<ShardCtx>) {
     let mut pending: Option<Instant> = None;
+    let mut failures = 0u32;
     loop {
         let job = match pending.take() {
             Some(j) => j,
@@ -302,12 +305,18 @@ async fn connection(ctx: Rc<ShardCtx>) {
                     .borrow_mut()
                     .error(format!("connect: {}", e.kind()));
                 ctx.shared.live.errors.fetch_add(1, Ordering::Relaxed);
+                failures += 1;
+                if failures >= CONNECT_FAILURES_MAX {
+                    ctx.tally.borrow_mut().error("gave up: target unreachable");
+                    return;
+                }
                 // The job waits for the next connection; its latency keeps counting.
                 pending = Some(job);
                 glommio::timer::sleep(RECONNECT_PAUSE).await;
                 continue;
             }
         };
+        failures = 0;
         let mut job = Some(job);
         let ok = loop {
             let Some(start) = job.take() else { break true };

@@ -3,6 +3,7 @@
 //! Each query uses its own ephemeral UDP socket, so answers cannot be confused across
 //! queries and a forged answer must also match the id and the server's address.
 
+use crate::shard::local::Latch;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpStream, UdpSocket};
 use hickory_proto::op::{Message, Query, ResponseCode};
@@ -10,6 +11,7 @@ use hickory_proto::rr::{Name, RData, RecordType};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// A CNAME chain longer than this is treated as a loop.
@@ -20,6 +22,8 @@ const UDP_ANSWER_BYTES_MAX: usize = 4096;
 const CACHE_ENTRIES_MAX: usize = 100_000;
 /// Upper bound on any cached TTL.
 const TTL_MAX: Duration = Duration::from_secs(86_400);
+/// How long a failed lookup (timeout, SERVFAIL) is answered from memory.
+const FAILURE_TTL: Duration = Duration::from_secs(1);
 
 /// What a name has for a type, after following CNAMEs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +60,11 @@ pub struct Resolver {
     attempts: u32,
     negative_ttl: Duration,
     cache: RefCell<HashMap<(String, RecordType), (Instant, Answer)>>,
+    /// Questions on the wire: everyone else asking the same waits for that answer, so a
+    /// burst of mail to one domain makes one query, not one per message.
+    inflight: RefCell<HashMap<(String, RecordType), Rc<Latch<()>>>>,
+    /// Recent failures (timeout, SERVFAIL), briefly remembered for the same reason.
+    failed: RefCell<HashMap<(String, RecordType), (Instant, DnsError)>>,
     next_id: Cell<u16>,
     pub stats: Cell<DnsStats>,
 }
@@ -110,6 +119,8 @@ impl Resolver {
             attempts,
             negative_ttl,
             cache: RefCell::new(HashMap::new()),
+            inflight: RefCell::new(HashMap::new()),
+            failed: RefCell::new(HashMap::new()),
             next_id: Cell::new(seed),
             stats: Cell::new(DnsStats::default()),
         }
@@ -141,11 +152,41 @@ impl Resolver {
                     return Ok(answer.clone());
                 }
             }
-            let reply = self
-                .query(&current, t)
-                .await
-                .inspect_err(|_| self.count(|s| s.failures += 1))?;
-            match self.absorb(&current, t, &reply)? {
+            let recent_failure = self
+                .failed
+                .borrow()
+                .get(&k)
+                .filter(|(until, _)| *until > Instant::now())
+                .map(|(_, e)| e.clone());
+            if let Some(e) = recent_failure {
+                return Err(e);
+            }
+            let waiting = self.inflight.borrow().get(&k).cloned();
+            if let Some(latch) = waiting {
+                latch.wait().await;
+                continue;
+            }
+            let latch = Rc::new(Latch::default());
+            self.inflight
+                .borrow_mut()
+                .insert(k.clone(), Rc::clone(&latch));
+            let result = self.query(&current, t).await;
+            let absorbed = result.and_then(|reply| self.absorb(&current, t, &reply));
+            self.inflight.borrow_mut().remove(&k);
+            latch.set(());
+            let next = match absorbed {
+                Ok(next) => next,
+                Err(e) => {
+                    self.count(|s| s.failures += 1);
+                    let mut failed = self.failed.borrow_mut();
+                    if failed.len() > CACHE_ENTRIES_MAX {
+                        failed.clear();
+                    }
+                    failed.insert(k, (Instant::now() + FAILURE_TTL, e.clone()));
+                    return Err(e);
+                }
+            };
+            match next {
                 Some(next) => current = next,
                 None => {
                     let cached = self.cache.borrow().get(&k).map(|(_, a)| a.clone());
