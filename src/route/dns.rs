@@ -54,17 +54,20 @@ impl std::fmt::Display for DnsError {
     }
 }
 
+/// A cache key: the lowercase name without its final dot, and the record type.
+type Question = (String, RecordType);
+
 pub struct Resolver {
     servers: Vec<SocketAddr>,
     timeout: Duration,
     attempts: u32,
     negative_ttl: Duration,
-    cache: RefCell<HashMap<(String, RecordType), (Instant, Answer)>>,
+    cache: RefCell<HashMap<Question, (Instant, Answer)>>,
     /// Questions on the wire: everyone else asking the same waits for that answer, so a
     /// burst of mail to one domain makes one query, not one per message.
-    inflight: RefCell<HashMap<(String, RecordType), Rc<Latch<()>>>>,
+    inflight: RefCell<HashMap<Question, Rc<Latch<()>>>>,
     /// Recent failures (timeout, SERVFAIL), briefly remembered for the same reason.
-    failed: RefCell<HashMap<(String, RecordType), (Instant, DnsError)>>,
+    failed: RefCell<HashMap<Question, (Instant, DnsError)>>,
     next_id: Cell<u16>,
     pub stats: Cell<DnsStats>,
 }
