@@ -38,7 +38,12 @@ fn build_shared(config: &Config) -> Result<shard::Shared, String> {
         None => None,
     };
     let decoy = Arc::new(ringpost::auth::hash_password("decoy")?);
-    Ok(shard::Shared { tls, users, decoy })
+    Ok(shard::Shared {
+        tls,
+        users,
+        decoy,
+        board: Arc::default(),
+    })
 }
 
 #[derive(Parser)]
@@ -107,6 +112,14 @@ enum QueueCmd {
         #[arg(long)]
         body: bool,
     },
+    /// Live messages and recipients by destination domain, oldest first (like qshape).
+    Summary {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retry deferred mail now, for one domain or all (asks the running server through
+    /// its [admin] endpoint).
+    Flush { domain: Option<String> },
 }
 
 fn main() -> ExitCode {
@@ -139,6 +152,12 @@ fn main() -> ExitCode {
             config,
             queue_dir,
         } => {
+            if let QueueCmd::Flush { domain } = &action {
+                return match Config::load(config.as_deref()) {
+                    Ok(c) => admin_flush(&c, domain.as_deref()),
+                    Err(e) => config_error(&e),
+                };
+            }
             let dir = match queue_dir {
                 Some(d) => d,
                 None => match Config::load(config.as_deref()) {
@@ -299,6 +318,46 @@ fn allowed_cpus() -> Vec<usize> {
     (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
 }
 
+/// POST /queue/flush to the running server's admin endpoint.
+fn admin_flush(config: &Config, domain: Option<&str>) -> ExitCode {
+    use std::io::Read;
+    let Some(admin) = &config.admin else {
+        eprintln!("ringpost: queue flush needs the server's [admin] listen address in the config");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let path = match domain {
+        Some(d) => format!("/queue/flush?domain={d}"),
+        None => "/queue/flush".to_string(),
+    };
+    let auth = admin
+        .token
+        .as_ref()
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!("POST {path} HTTP/1.1\r\nHost: ringpost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
+    let reply = std::net::TcpStream::connect(admin.listen).and_then(|mut s| {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+        s.write_all(request.as_bytes())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    });
+    match reply {
+        Ok(r) if r.starts_with("HTTP/1.1 200") => {
+            print!("{}", r.split_once("\r\n\r\n").map_or("", |(_, b)| b));
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            eprintln!("ringpost: queue flush: {}", r.lines().next().unwrap_or(""));
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("ringpost: queue flush: cannot reach {}: {e}", admin.listen);
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn queue(dir: &Path, action: QueueCmd) -> std::io::Result<ExitCode> {
     let dirs: Vec<PathBuf> = recovery::shard_dirs(dir)?
         .into_iter()
@@ -310,6 +369,64 @@ fn queue(dir: &Path, action: QueueCmd) -> std::io::Result<ExitCode> {
     entries.sort_by_key(|e| (e.message.arrival_micros, e.message.id));
     let mut out = std::io::stdout().lock();
     match action {
+        QueueCmd::Flush { .. } => Ok(ExitCode::FAILURE),
+        QueueCmd::Summary { json } => {
+            use ringpost::metrics::DomainSummary;
+            let mut domains: std::collections::BTreeMap<String, DomainSummary> =
+                std::collections::BTreeMap::new();
+            for e in &entries {
+                let mut seen: Vec<String> = Vec::new();
+                for (r, s) in e.message.envelope.recipients.iter().zip(&e.rcpt_states) {
+                    if s.is_final() {
+                        continue;
+                    }
+                    let d = r
+                        .address
+                        .rsplit_once('@')
+                        .map_or("", |(_, d)| d)
+                        .to_ascii_lowercase();
+                    let entry = domains.entry(d.clone()).or_default();
+                    entry.recipients += 1;
+                    if !seen.contains(&d) {
+                        seen.push(d);
+                        entry.add(&DomainSummary {
+                            messages: 1,
+                            recipients: 0,
+                            bytes: e.message.content_len,
+                            oldest_micros: e.message.arrival_micros,
+                        });
+                    }
+                }
+            }
+            if json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&domains).unwrap_or_default()
+                )?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut rows: Vec<_> = domains.iter().collect();
+            rows.sort_by_key(|(_, s)| s.oldest_micros);
+            writeln!(
+                out,
+                "{:<40} {:>9} {:>10} {:>12} {:>8}",
+                "domain", "messages", "recipients", "bytes", "oldest"
+            )?;
+            for (d, s) in rows {
+                writeln!(
+                    out,
+                    "{:<40} {:>9} {:>10} {:>12} {:>8}",
+                    d,
+                    s.messages,
+                    s.recipients,
+                    s.bytes,
+                    age(now.saturating_sub(s.oldest_micros))
+                )?;
+            }
+            writeln!(out, "-- {} messages", entries.len())?;
+            Ok(ExitCode::SUCCESS)
+        }
         QueueCmd::List => {
             writeln!(
                 out,

@@ -356,7 +356,10 @@ pub struct Route {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
+    /// HTTP: GET /metrics, GET /queue/summary, POST /queue/flush. Loopback is wise.
     pub listen: SocketAddr,
+    /// When set, requests need `Authorization: Bearer <token>`.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -512,12 +515,6 @@ impl Config {
                     l.addr
                 ));
             }
-        }
-        if self.admin.is_some() {
-            return Err(
-                "[admin]: the admin endpoint is not served by this build yet (README: Status)"
-                    .into(),
-            );
         }
         self.validate_policy()?;
         self.validate_queue()?;

@@ -180,6 +180,18 @@ impl Deliverer {
         glommio::spawn_local(Rc::clone(self).connection(Rc::clone(sq))).detach();
     }
 
+    /// Open outbound connections, and the ready depth of each site, for the metrics.
+    pub fn gauges(&self) -> (u64, Vec<(String, u64)>) {
+        let sites = self.sites.borrow();
+        let open = sites.values().map(|s| u64::from(s.connections.get())).sum();
+        let depths = sites
+            .values()
+            .map(|s| (s.site.key.clone(), s.ready.borrow().len() as u64))
+            .filter(|(_, d)| *d > 0)
+            .collect();
+        (open, depths)
+    }
+
     /// Stops taking jobs; returns once no transaction is in flight (or at `deadline`).
     pub async fn stop(&self, within: Duration) {
         self.stopping.set(true);

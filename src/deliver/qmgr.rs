@@ -138,6 +138,7 @@ impl QueueManager {
 
     /// ETRN: retry now every deferred recipient in `domain`.
     pub fn flush_domain(self: &Rc<Self>, domain: &str) -> usize {
+        // An empty domain means every domain (`queue flush` without one).
         let domain = domain.to_ascii_lowercase();
         let keys: Vec<(QueueId, u32)> = self.scheduled.borrow().keys().copied().collect();
         let mut by_id: BTreeMap<QueueId, Vec<u32>> = BTreeMap::new();
@@ -147,7 +148,7 @@ impl QueueManager {
                     .get(id)
                     .and_then(|e| e.message.envelope.recipients.get(i as usize))
                     .and_then(|r| r.address.rsplit_once('@'))
-                    .is_some_and(|(_, d)| d.eq_ignore_ascii_case(&domain));
+                    .is_some_and(|(_, d)| domain.is_empty() || d.eq_ignore_ascii_case(&domain));
                 if matches {
                     by_id.entry(id).or_default().push(i);
                 }

@@ -235,6 +235,7 @@ impl Conn<'_> {
         });
         let result = ticket.wait().await;
         if result.is_ok() {
+            self.shard.accepted.set(self.shard.accepted.get() + 1);
             self.shard.qmgr.submit(id);
             log::debug!(
                 "{id_text}: from=<{}> nrcpt={} size={} client={}",

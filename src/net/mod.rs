@@ -1,4 +1,5 @@
 //! Sockets: the inbound SMTP listeners and connections of one shard.
 
+pub mod admin;
 pub mod inbound;
 pub mod stream;

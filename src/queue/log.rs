@@ -43,6 +43,11 @@ pub struct LogStats {
     pub failed_commits: u64,
 }
 
+/// Latency of write + fdatasync per commit, microseconds (up to a minute).
+pub fn sync_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds")
+}
+
 struct Active {
     seg: SegId,
     file: Rc<BufferedFile>,
@@ -62,6 +67,7 @@ struct State {
     index: Index,
     next_number: u64,
     stats: LogStats,
+    sync_us: hdrhistogram::Histogram<u64>,
 }
 
 pub struct Log {
@@ -139,6 +145,7 @@ impl Log {
                 index,
                 next_number: max_number + 1,
                 stats: LogStats::default(),
+                sync_us: sync_histogram(),
             }),
             kick: Signal::default(),
             closing: Cell::new(false),
@@ -202,6 +209,10 @@ impl Log {
         self.st.borrow().segments.get(seg as usize).cloned()
     }
 
+    pub fn sync_histogram(&self) -> hdrhistogram::Histogram<u64> {
+        self.st.borrow().sync_us.clone()
+    }
+
     pub fn stats(&self) -> LogStats {
         self.st.borrow().stats
     }
@@ -261,7 +272,9 @@ impl Log {
                 st.stats.commits += 1;
                 st.stats.records += records;
                 st.stats.bytes += len;
-                st.stats.sync_micros += started.elapsed().as_micros() as u64;
+                let us = started.elapsed().as_micros() as u64;
+                st.stats.sync_micros += us;
+                st.sync_us.saturating_record(us.max(1));
                 for (offset, m) in messages {
                     st.index.insert(m, seg, base + offset as u64);
                 }

@@ -63,6 +63,9 @@ pub struct Shard {
     pub links: Rc<links::Links>,
     pub tls: Option<Arc<crate::tls::Reloadable>>,
     pub auth: Option<crate::auth::Authenticator>,
+    pub board: Arc<crate::metrics::Board>,
+    /// Messages accepted (stored and answered 250).
+    pub accepted: Cell<u64>,
 }
 
 /// What a shard tells the main thread once it is serving (or why it could not start).
@@ -115,6 +118,8 @@ pub struct Shared {
     pub users: Option<Arc<std::collections::BTreeMap<String, String>>>,
     /// A hash checked for unknown users, so that they cost as much as known ones.
     pub decoy: Arc<String>,
+    /// Every shard's latest metrics.
+    pub board: Arc<crate::metrics::Board>,
 }
 
 pub fn run(
@@ -320,7 +325,21 @@ async fn shard_main(place: Place, inputs: Inputs) -> Option<Finished> {
             )),
             _ => None,
         },
+        board: Arc::clone(&shared.board),
+        accepted: Cell::new(0),
     });
+    let publisher = glommio::spawn_local(publish_metrics(Rc::clone(&shard), Rc::clone(&resolver)));
+    let admin = match (&config.admin, k) {
+        (Some(a), 0) => match TcpListener::bind(a.listen) {
+            Ok(l) => Some(glommio::spawn_local(crate::net::admin::serve(
+                Rc::clone(&shard),
+                l,
+                a.token.clone(),
+            ))),
+            Err(e) => return fail(format!("cannot listen on [admin] {}: {e}", a.listen)),
+        },
+        _ => None,
+    };
     let acceptors: Vec<_> = listeners
         .into_iter()
         .map(|(l, mode)| glommio::spawn_local(inbound::accept_loop(Rc::clone(&shard), l, mode)))
@@ -339,6 +358,10 @@ async fn shard_main(place: Place, inputs: Inputs) -> Option<Finished> {
     for a in acceptors {
         a.await;
     }
+    if let Some(a) = admin {
+        a.await;
+    }
+    drop(publisher);
     qmgr.stop();
     deliverer.stop(shard.limits.shutdown_grace).await;
     retries.await;
@@ -351,6 +374,74 @@ async fn shard_main(place: Place, inputs: Inputs) -> Option<Finished> {
         log: log.stats(),
         delivery: deliverer.stats.get(),
     })
+}
+
+/// How often a shard publishes its metrics snapshot.
+const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+
+async fn publish_metrics(shard: Rc<Shard>, resolver: Rc<Resolver>) {
+    loop {
+        shard.board.publish(shard.id, snapshot(&shard, &resolver));
+        glommio::timer::sleep(METRICS_INTERVAL).await;
+    }
+}
+
+/// This shard's counters and queue, read off its own state.
+fn snapshot(shard: &Shard, resolver: &Resolver) -> crate::metrics::ShardMetrics {
+    use crate::metrics::DomainSummary;
+    let log = shard.log.stats();
+    let d = shard.deliverer.stats.get();
+    let dns = resolver.stats.get();
+    let (open_out, sites) = shard.deliverer.gauges();
+    let mut domains: std::collections::BTreeMap<String, DomainSummary> =
+        std::collections::BTreeMap::new();
+    let (mut messages, mut bytes) = (0u64, 0u64);
+    shard.log.with_index(|ix| {
+        for e in ix.live() {
+            messages += 1;
+            bytes += e.message.content_len;
+            let mut seen: Vec<&str> = Vec::new();
+            for (r, s) in e.message.envelope.recipients.iter().zip(&e.rcpt_states) {
+                if s.is_final() {
+                    continue;
+                }
+                let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
+                let entry = domains.entry(domain.to_ascii_lowercase()).or_default();
+                entry.recipients += 1;
+                if !seen.contains(&domain) {
+                    seen.push(domain);
+                    entry.add(&DomainSummary {
+                        messages: 1,
+                        recipients: 0,
+                        bytes: e.message.content_len,
+                        oldest_micros: e.message.arrival_micros,
+                    });
+                }
+            }
+        }
+    });
+    crate::metrics::ShardMetrics {
+        accepted: shard.accepted.get(),
+        refusals: shard.session.refusals.borrow().clone(),
+        connections_in: u64::from(shard.connections.get()),
+        connections_out: open_out,
+        outbound_connections: d.connections,
+        transactions: d.transactions,
+        delivered: d.delivered,
+        deferred: d.deferred,
+        failed: d.failed,
+        queue_messages: messages,
+        queue_bytes: bytes,
+        commits: log.commits,
+        records: log.records,
+        log_bytes: log.bytes,
+        fsync_us: Some(shard.log.sync_histogram()),
+        dns_queries: dns.queries,
+        dns_cache_hits: dns.cache_hits,
+        dns_failures: dns.failures,
+        sites,
+        domains,
+    }
 }
 
 /// Stops accepting, lets sessions finish their transaction within the grace period,

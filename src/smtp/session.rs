@@ -29,6 +29,9 @@ pub struct SessionConfig {
     pub auth: bool,
     /// AUTH without TLS for clients on loopback.
     pub auth_plaintext_loopback: bool,
+    /// Refusals by reply code ("554 5.7.1"), for the metrics. The shard owns this config
+    /// and its sessions: one thread, so a RefCell.
+    pub refusals: std::cell::RefCell<std::collections::BTreeMap<String, u64>>,
 }
 
 impl SessionConfig {
@@ -42,6 +45,7 @@ impl SessionConfig {
             tls: c.tls.is_some(),
             auth: c.auth.is_some(),
             auth_plaintext_loopback: c.auth.as_ref().is_some_and(|a| a.allow_plaintext_loopback),
+            refusals: std::cell::RefCell::new(std::collections::BTreeMap::new()),
         }
     }
 }
@@ -447,6 +451,13 @@ impl<'c> Session<'c> {
     /// Writes an error reply and counts it; past `max_errors` the session ends.
     fn reject(&mut self, reply: &str, out: &mut Vec<u8>) {
         line(out, format_args!("{reply}"));
+        let code = reply.get(..9).unwrap_or(reply);
+        *self
+            .cfg
+            .refusals
+            .borrow_mut()
+            .entry(code.to_string())
+            .or_default() += 1;
         self.errors += 1;
         if self.errors >= self.cfg.max_errors {
             line(

@@ -1,0 +1,127 @@
+//! Operations against a running server: the admin endpoint (metrics, queue summary,
+//! flush) and the queue commands.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn http(port: u16, request: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    (code, body)
+}
+
+/// The sum over shards of one Prometheus metric.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[test]
+fn metrics_summary_and_flush() {
+    let admin = free_port();
+    let config = format!(
+        "[server]\nhostname = \"relay.test\"\n[policy]\nrelay_domains = [\"sink.test\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"t0ken\"\n"
+    );
+    let r = Relay::start(
+        "",
+        &config,
+        "retry_initial = \"1h\"\nretry_max = \"1h\"\n",
+        &[],
+    );
+    let report = r.send(&[
+        "--messages",
+        "30",
+        "--connections",
+        "3",
+        "--domain",
+        "sink.test",
+        "--seed",
+        "9",
+    ]);
+    assert_eq!(report["messages_accepted"], 30);
+    let mut c = r.server.connect();
+    c.greet();
+    queued_id(&c.send_message(
+        "s@sender.test",
+        &["tempfail-1@sink.test"],
+        b"Subject: deferred once\r\n\r\nx\r\n",
+    ));
+    c.expect_cmd("RCPT TO:<x@sink.test>", "503");
+    r.wait_sink("delivered_messages", 30);
+    r.wait_sink("rcpt_deferred", 1);
+    let get = |path: &str| {
+        http(
+            admin,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\n\r\n"),
+        )
+    };
+    // Snapshots are published about once a second.
+    let deadline = Instant::now() + WAIT;
+    let text = loop {
+        let (code, text) = get("/metrics");
+        assert_eq!(code, 200);
+        if metric(&text, "ringpost_accepted_messages_total") == 31
+            && metric(&text, "ringpost_queue_messages") == 1
+        {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(metric(&text, "ringpost_delivered_recipients_total"), 30);
+    assert!(metric(&text, "ringpost_deferred_recipients_total") >= 1);
+    assert!(metric(&text, "ringpost_log_commits_total") >= 1);
+    assert!(
+        metric(&text, "ringpost_refused_commands_total") >= 1,
+        "the 503 above is counted"
+    );
+    assert!(
+        text.contains("ringpost_fsync_seconds{quantile=\"0.99\"}"),
+        "{text}"
+    );
+    assert_eq!(
+        http(admin, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").0,
+        401,
+        "the token is required"
+    );
+    let (code, summary) = get("/queue/summary");
+    assert_eq!(code, 200);
+    let s: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(s["sink.test"]["messages"], 1, "{summary}");
+    // The CLI: summary from the queue on disk, flush through the admin endpoint.
+    let out = Command::new(binary())
+        .args(["queue", "summary", "--config"])
+        .arg(&r.server.config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("sink.test") && l.split_whitespace().nth(1) == Some("1")),
+        "{text}"
+    );
+    let out = Command::new(binary())
+        .args(["queue", "flush", "sink.test", "--config"])
+        .arg(&r.server.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    r.wait_for("tempfail-1@sink.test");
+}
