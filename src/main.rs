@@ -120,6 +120,14 @@ enum QueueCmd {
     /// Retry deferred mail now, for one domain or all (asks the running server through
     /// its [admin] endpoint).
     Flush { domain: Option<String> },
+    /// Put a message on hold (kept, not delivered), through the admin endpoint.
+    Hold { id: String },
+    /// Release a held message: it is delivered at once.
+    Release { id: String },
+    /// Delete a message without a bounce.
+    Delete { id: String },
+    /// Return a message to its sender now (a DSN for every recipient not yet final).
+    Bounce { id: String },
 }
 
 fn main() -> ExitCode {
@@ -152,9 +160,18 @@ fn main() -> ExitCode {
             config,
             queue_dir,
         } => {
-            if let QueueCmd::Flush { domain } = &action {
+            let remote = match &action {
+                QueueCmd::Flush { domain: Some(d) } => Some(format!("/queue/flush?domain={d}")),
+                QueueCmd::Flush { domain: None } => Some("/queue/flush".to_string()),
+                QueueCmd::Hold { id } => Some(format!("/queue/hold?id={id}")),
+                QueueCmd::Release { id } => Some(format!("/queue/release?id={id}")),
+                QueueCmd::Delete { id } => Some(format!("/queue/delete?id={id}")),
+                QueueCmd::Bounce { id } => Some(format!("/queue/bounce?id={id}")),
+                _ => None,
+            };
+            if let Some(path) = remote {
                 return match Config::load(config.as_deref()) {
-                    Ok(c) => admin_flush(&c, domain.as_deref()),
+                    Ok(c) => admin_post(&c, &path),
                     Err(e) => config_error(&e),
                 };
             }
@@ -318,16 +335,14 @@ fn allowed_cpus() -> Vec<usize> {
     (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
 }
 
-/// POST /queue/flush to the running server's admin endpoint.
-fn admin_flush(config: &Config, domain: Option<&str>) -> ExitCode {
+/// POST to the running server's admin endpoint.
+fn admin_post(config: &Config, path: &str) -> ExitCode {
     use std::io::Read;
     let Some(admin) = &config.admin else {
-        eprintln!("ringpost: queue flush needs the server's [admin] listen address in the config");
+        eprintln!(
+            "ringpost: this queue command needs the server's [admin] listen address in the config"
+        );
         return ExitCode::from(EXIT_CONFIG);
-    };
-    let path = match domain {
-        Some(d) => format!("/queue/flush?domain={d}"),
-        None => "/queue/flush".to_string(),
     };
     let auth = admin
         .token
@@ -369,7 +384,11 @@ fn queue(dir: &Path, action: QueueCmd) -> std::io::Result<ExitCode> {
     entries.sort_by_key(|e| (e.message.arrival_micros, e.message.id));
     let mut out = std::io::stdout().lock();
     match action {
-        QueueCmd::Flush { .. } => Ok(ExitCode::FAILURE),
+        QueueCmd::Flush { .. }
+        | QueueCmd::Hold { .. }
+        | QueueCmd::Release { .. }
+        | QueueCmd::Delete { .. }
+        | QueueCmd::Bounce { .. } => Ok(ExitCode::FAILURE),
         QueueCmd::Summary { json } => {
             use ringpost::metrics::DomainSummary;
             let mut domains: std::collections::BTreeMap<String, DomainSummary> =
@@ -443,7 +462,9 @@ fn queue(dir: &Path, action: QueueCmd) -> std::io::Result<ExitCode> {
                     .filter(|(_, s)| !s.is_final())
                     .map(|(r, _)| r.address.as_str())
                     .collect();
-                let state = if e
+                let state = if e.held {
+                    "held"
+                } else if e
                     .rcpt_states
                     .iter()
                     .any(|s| matches!(s, RcptState::Deferred { .. }))
@@ -501,6 +522,9 @@ fn queue(dir: &Path, action: QueueCmd) -> std::io::Result<ExitCode> {
                 "sender: <{}>\nsize: {}",
                 m.envelope.sender, m.content_len
             )?;
+            if e.held {
+                writeln!(out, "state: held")?;
+            }
             for (r, s) in m.envelope.recipients.iter().zip(&e.rcpt_states) {
                 writeln!(out, "recipient: <{}> {:?}", r.address, s)?;
             }

@@ -125,3 +125,87 @@ fn metrics_summary_and_flush() {
     );
     r.wait_for("tempfail-1@sink.test");
 }
+
+fn queue_cmd(r: &Relay, args: &[&str]) -> String {
+    let out = Command::new(binary())
+        .arg("queue")
+        .args(args)
+        .arg("--config")
+        .arg(&r.server.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "queue {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn hold_release_delete_bounce() {
+    let admin = free_port();
+    let config = format!("[server]\nhostname = \"relay.test\"\n[policy]\nrelay_domains = [\"sink.test\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
+    let mut r = Relay::start(
+        "",
+        &config,
+        "retry_initial = \"1h\"\nretry_max = \"1h\"\n",
+        &[],
+    );
+    let mut c = r.server.connect();
+    c.greet();
+    // Three messages that stay deferred (the sink says 451 the first time, and the retry
+    // is an hour away).
+    let held = queued_id(&c.send_message(
+        "s@sender.test",
+        &["tempfail-1@sink.test"],
+        b"Subject: hold me\r\n\r\nx\r\n",
+    ));
+    let deleted = queued_id(&c.send_message(
+        "s@sender.test",
+        &["tempfail-2@sink.test"],
+        b"Subject: delete me\r\n\r\nx\r\n",
+    ));
+    let bounced = queued_id(&c.send_message(
+        "bounced@sender.test",
+        &["tempfail-3@sink.test"],
+        b"Subject: bounce me\r\n\r\nx\r\n",
+    ));
+    r.wait_sink("rcpt_deferred", 3);
+    queue_cmd(&r, &["hold", &held]);
+    wait_until("held", || {
+        queue_cmd(&r, &["list"])
+            .lines()
+            .any(|l| l.starts_with(&held) && l.contains("held"))
+    });
+    // The hold is a log record: it survives a restart, and a held message is not delivered.
+    r.server.kill9();
+    r.server.restart();
+    assert!(queue_cmd(&r, &["show", &held]).contains("state: held"));
+    queue_cmd(&r, &["delete", &deleted]);
+    wait_until("deleted", || !queue_cmd(&r, &["list"]).contains(&deleted));
+    queue_cmd(&r, &["bounce", &bounced]);
+    let (env, dsn) = r.wait_for("bounced@sender.test");
+    assert_eq!(env["mail_from"], "");
+    assert!(String::from_utf8_lossy(&dsn).contains("returned to the sender by the administrator"));
+    queue_cmd(&r, &["release", &held]);
+    r.wait_for("tempfail-1@sink.test");
+    wait_until("queue empty", || {
+        read_queue(&r.server.queue_dir()).is_empty()
+    });
+    // Deleted without a bounce: the only DSN was for the bounced message.
+    let dsns = r
+        .recorded()
+        .into_iter()
+        .filter(|(env, _)| env["mail_from"] == "")
+        .count();
+    assert_eq!(dsns, 1);
+}

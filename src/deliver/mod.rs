@@ -79,6 +79,16 @@ pub enum Mail {
     Report(Report),
     /// ETRN: every shard retries its deferred mail for this domain now.
     Flush(String),
+    /// An operator's command for one message; the shard whose log holds it acts.
+    Admin(AdminOp, QueueId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminOp {
+    Hold,
+    Release,
+    Delete,
+    Bounce,
 }
 
 struct SiteQueue {
@@ -226,6 +236,7 @@ impl Deliverer {
             OutcomeKind::Delivered => s.delivered += 1,
             OutcomeKind::Deferred => s.deferred += 1,
             OutcomeKind::Failed => s.failed += 1,
+            OutcomeKind::Held | OutcomeKind::Released | OutcomeKind::Deleted => {}
         });
         (self.report)(Report {
             origin: job.origin,

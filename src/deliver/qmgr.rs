@@ -165,6 +165,66 @@ impl QueueManager {
         n
     }
 
+    /// An operator's command for one message of this shard's log. Returns false when the
+    /// message is not here (another shard has it, or it is gone).
+    pub async fn admin(self: Rc<Self>, op: super::AdminOp, id: QueueId) -> bool {
+        use super::AdminOp;
+        let Some(pending) = self.log.with_index(|ix| {
+            ix.get(id).map(|e| {
+                e.rcpt_states
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| !s.is_final())
+                    .map(|(i, _)| i as u32)
+                    .collect::<Vec<u32>>()
+            })
+        }) else {
+            return false;
+        };
+        let now = crate::time::unix_micros();
+        let record = |kind| Outcome {
+            id,
+            rcpt: u32::MAX,
+            kind,
+            at_micros: now,
+            reply: format!("{op:?} by the administrator"),
+        };
+        match op {
+            AdminOp::Hold | AdminOp::Release | AdminOp::Delete => {
+                let kind = match op {
+                    AdminOp::Hold => OutcomeKind::Held,
+                    AdminOp::Release => OutcomeKind::Released,
+                    _ => OutcomeKind::Deleted,
+                };
+                if let Err(e) = self.log.append_outcome(record(kind)).wait().await {
+                    log::error!("{id}: cannot record {op:?}: {e:?}");
+                    return true;
+                }
+                log::info!("{id}: {op:?} by the administrator");
+                if op == AdminOp::Release {
+                    glommio::spawn_local(Rc::clone(&self).route(id, pending)).detach();
+                } else if op == AdminOp::Delete {
+                    self.open.borrow_mut().remove(&id);
+                }
+            }
+            AdminOp::Bounce => {
+                for index in pending {
+                    let report = Report {
+                        origin: self.me,
+                        id,
+                        index,
+                        kind: OutcomeKind::Failed,
+                        reply: "550 5.0.0 returned to the sender by the administrator".into(),
+                        remote: None,
+                        next_hop_dsn: false,
+                    };
+                    Rc::clone(&self).on_report(report).await;
+                }
+            }
+        }
+        true
+    }
+
     pub fn stop(&self) {
         self.stopping.set(true);
     }
@@ -263,7 +323,8 @@ impl QueueManager {
 
     fn snapshot(&self, id: QueueId, rcpts: &[u32]) -> Option<Snapshot> {
         let (home, offset, len, envelope, states) = self.log.with_index(|ix| {
-            let e = ix.get(id)?;
+            // A message on hold is not delivered until it is released.
+            let e = ix.get(id).filter(|e| !e.held)?;
             Some((
                 e.home,
                 e.content_offset(),
@@ -322,6 +383,8 @@ impl QueueManager {
             .map(|x| x.address.clone())
             .unwrap_or_default();
         match kind {
+            // Operator records are written by `admin`, never reported by a delivery.
+            OutcomeKind::Held | OutcomeKind::Released | OutcomeKind::Deleted => {}
             OutcomeKind::Deferred => self.defer(r, &envelope, age, now).await,
             OutcomeKind::Delivered | OutcomeKind::Failed => {
                 let expired = r.kind == OutcomeKind::Deferred;

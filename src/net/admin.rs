@@ -119,9 +119,36 @@ fn route(
                 format!("{{\"flushed\": \"{what}\", \"retried_here\": {n}}}\n"),
             )
         }
-        (_, "/metrics" | "/queue/summary" | "/queue/flush") => {
-            (405, "text/plain", "method not allowed\n".into())
+        ("POST", "/queue/hold" | "/queue/release" | "/queue/delete" | "/queue/bounce") => {
+            use crate::deliver::AdminOp;
+            let op = match path {
+                "/queue/hold" => AdminOp::Hold,
+                "/queue/release" => AdminOp::Release,
+                "/queue/delete" => AdminOp::Delete,
+                _ => AdminOp::Bounce,
+            };
+            let Some(id) = param("id")
+                .as_deref()
+                .and_then(crate::queue::record::QueueId::parse)
+            else {
+                return (
+                    400,
+                    "text/plain",
+                    "id=QUEUEID (16 hex digits) required\n".into(),
+                );
+            };
+            shard.links.admin_everywhere(op, id);
+            (
+                200,
+                "application/json",
+                format!("{{\"requested\": \"{op:?}\", \"id\": \"{id}\"}}\n"),
+            )
         }
+        (
+            _,
+            "/metrics" | "/queue/summary" | "/queue/flush" | "/queue/hold" | "/queue/release"
+            | "/queue/delete" | "/queue/bounce",
+        ) => (405, "text/plain", "method not allowed\n".into()),
         _ => (404, "text/plain", "not found\n".into()),
     }
 }

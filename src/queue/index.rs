@@ -35,6 +35,8 @@ pub struct Entry {
     pub offset: u64,
     pub rcpt_states: Vec<RcptState>,
     pub last_reply: Option<String>,
+    /// On hold by the operator: not delivered until released.
+    pub held: bool,
     /// Segments other than `home` holding outcome records of this message.
     outcome_segs: Vec<SegId>,
 }
@@ -82,6 +84,7 @@ impl Index {
             offset,
             rcpt_states: vec![RcptState::Pending; n],
             last_reply: None,
+            held: false,
             outcome_segs: Vec::new(),
         };
         if let Some(old) = self.live.insert(entry.message.id, entry) {
@@ -98,6 +101,23 @@ impl Index {
         let Some(entry) = self.live.get_mut(&o.id) else {
             return false;
         };
+        if matches!(
+            o.kind,
+            OutcomeKind::Held | OutcomeKind::Released | OutcomeKind::Deleted
+        ) {
+            // Message-wide operator records; like outcomes, their segment must outlive
+            // the message's home, or a restart would forget them.
+            if seg != entry.home && !entry.outcome_segs.contains(&seg) {
+                entry.outcome_segs.push(seg);
+                self.segs.entry(seg).or_default().outcome_refs += 1;
+            }
+            match o.kind {
+                OutcomeKind::Held => entry.held = true,
+                OutcomeKind::Released => entry.held = false,
+                _ => return self.finish(o.id),
+            }
+            return false;
+        }
         let Some(state) = entry.rcpt_states.get_mut(o.rcpt as usize) else {
             return false;
         };
@@ -110,6 +130,7 @@ impl Index {
             OutcomeKind::Deferred => RcptState::Deferred {
                 until_micros: o.at_micros,
             },
+            OutcomeKind::Held | OutcomeKind::Released | OutcomeKind::Deleted => return false,
         };
         entry.last_reply = Some(o.reply.clone());
         if seg != entry.home && !entry.outcome_segs.contains(&seg) {
@@ -119,7 +140,12 @@ impl Index {
         if !entry.rcpt_states.iter().all(|s| s.is_final()) {
             return false;
         }
-        let Some(done) = self.live.remove(&o.id) else {
+        self.finish(o.id)
+    }
+
+    /// Removes a finished message; its segments' counts follow.
+    fn finish(&mut self, id: QueueId) -> bool {
+        let Some(done) = self.live.remove(&id) else {
             return false;
         };
         if let Some(r) = self.segs.get_mut(&done.home) {

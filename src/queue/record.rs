@@ -97,6 +97,12 @@ pub enum OutcomeKind {
     Failed,
     /// Not delivered yet; `at_micros` is the next attempt.
     Deferred,
+    /// The operator put the whole message on hold (`rcpt` unused): no delivery.
+    Held,
+    /// The operator released it.
+    Released,
+    /// The operator deleted it: finished, without a bounce.
+    Deleted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,6 +219,9 @@ pub fn encode_outcome(out: &mut Vec<u8>, o: &Outcome) {
         OutcomeKind::Delivered => 1,
         OutcomeKind::Failed => 2,
         OutcomeKind::Deferred => 3,
+        OutcomeKind::Held => 4,
+        OutcomeKind::Released => 5,
+        OutcomeKind::Deleted => 6,
     });
     out.extend_from_slice(&o.at_micros.to_le_bytes());
     put_str(out, o.reply.as_bytes());
@@ -361,6 +370,9 @@ impl Reader<'_> {
             1 => OutcomeKind::Delivered,
             2 => OutcomeKind::Failed,
             3 => OutcomeKind::Deferred,
+            4 => OutcomeKind::Held,
+            5 => OutcomeKind::Released,
+            6 => OutcomeKind::Deleted,
             _ => return None,
         };
         let at_micros = self.u64()?;

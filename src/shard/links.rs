@@ -61,6 +61,11 @@ impl Links {
                     match m {
                         Mail::Deliver(job) => links.enqueue(job),
                         Mail::Report(r) => links.record(r),
+                        Mail::Admin(op, id) => {
+                            if let Some(q) = links.qmgr.get() {
+                                glommio::spawn_local(Rc::clone(q).admin(op, id)).detach();
+                            }
+                        }
                         Mail::Flush(domain) => {
                             if let Some(q) = links.qmgr.get() {
                                 q.flush_domain(&domain);
@@ -112,6 +117,24 @@ impl Links {
             }
         }
         self.qmgr.get().map_or(0, |q| q.flush_domain(domain))
+    }
+
+    /// An operator's command: every shard gets it, the one holding the message acts.
+    pub fn admin_everywhere(
+        self: &Rc<Self>,
+        op: crate::deliver::AdminOp,
+        id: crate::queue::record::QueueId,
+    ) {
+        if let Some(s) = &self.senders {
+            for peer in 0..s.nr_consumers() {
+                if peer != self.me {
+                    self.send(peer, Mail::Admin(op, id));
+                }
+            }
+        }
+        if let Some(q) = self.qmgr.get() {
+            glommio::spawn_local(Rc::clone(q).admin(op, id)).detach();
+        }
     }
 
     /// For the queue manager: hand a job to its site's owner.
