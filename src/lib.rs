@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod config;
 pub mod deliver;
+pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod queue;

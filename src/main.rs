@@ -43,7 +43,69 @@ fn build_shared(config: &Config) -> Result<shard::Shared, String> {
         users,
         decoy,
         board: Arc::default(),
+        reloaded: std::sync::Mutex::new(Arc::new(config.clone())),
+        generation: std::sync::atomic::AtomicU64::new(0),
     })
+}
+
+/// SIGHUP: the certificate, and the policy from the config file. What needs a restart
+/// (listeners, queue, shards, tuning, TLS/AUTH/admin sections) is reported, not applied.
+fn reload(shared: &shard::Shared, path: Option<&Path>) {
+    if let Some(tls) = &shared.tls {
+        match tls.reload() {
+            Ok(()) => log::info!("SIGHUP: TLS certificate reloaded"),
+            Err(e) => log::error!("SIGHUP: keeping the old TLS certificate: {e}"),
+        }
+    }
+    let Some(path) = path else {
+        log::info!("SIGHUP: running the embedded default config; nothing else to reload");
+        return;
+    };
+    let new = match Config::load(Some(path)) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("SIGHUP: config not reloaded: {e}");
+            return;
+        }
+    };
+    let mut current = shared.reloaded.lock().unwrap_or_else(|e| e.into_inner());
+    let mut delivery = current.delivery.clone();
+    delivery.tls = new.delivery.tls;
+    for (name, changed) in [
+        (
+            "[[listen]]",
+            toml_of(&current.listen) != toml_of(&new.listen),
+        ),
+        ("[queue]", toml_of(&current.queue) != toml_of(&new.queue)),
+        ("[tuning]", toml_of(&current.tuning) != toml_of(&new.tuning)),
+        ("[tls]", toml_of(&current.tls) != toml_of(&new.tls)),
+        ("[auth]", toml_of(&current.auth) != toml_of(&new.auth)),
+        ("[admin]", toml_of(&current.admin) != toml_of(&new.admin)),
+        ("[server]", toml_of(&current.server) != toml_of(&new.server)),
+        (
+            "[delivery] (but for tls)",
+            toml_of(&delivery) != toml_of(&new.delivery),
+        ),
+    ] {
+        if changed {
+            log::warn!("SIGHUP: {name} changed; that takes effect after a restart");
+        }
+    }
+    *current = Arc::new(new);
+    shared
+        .generation
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    log::info!("SIGHUP: policy reloaded from {}", path.display());
+    log::logger().flush();
+}
+
+/// A config section's TOML form, to tell whether it changed (sections have no PartialEq).
+fn toml_of<T: serde::Serialize>(v: &T) -> String {
+    #[derive(serde::Serialize)]
+    struct Wrap<'a, T: serde::Serialize> {
+        v: &'a T,
+    }
+    toml::to_string(&Wrap { v }).unwrap_or_default()
 }
 
 #[derive(Parser)]
@@ -71,6 +133,9 @@ enum Cmd {
         /// Config file; without it, the embedded tuning/default.toml.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Log lines as plain text or JSON objects.
+        #[arg(long, default_value = "plain", value_parser = ["plain", "json"])]
+        log_format: String,
     },
     /// Validate a config file and print the effective configuration.
     CheckConfig {
@@ -131,10 +196,11 @@ enum QueueCmd {
 }
 
 fn main() -> ExitCode {
-    install_logger();
     let cli = Cli::parse();
+    let json = matches!(&cli.command, Cmd::Serve { log_format, .. } if log_format == "json");
+    ringpost::logging::install(json);
     match cli.command {
-        Cmd::Serve { config } => serve(config.as_deref()),
+        Cmd::Serve { config, .. } => serve(config.as_deref()),
         Cmd::CheckConfig { config } => match Config::load(config.as_deref()) {
             Ok(c) => {
                 print!("{}", c.to_toml());
@@ -226,19 +292,17 @@ fn serve(path: Option<&Path>) -> ExitCode {
         Ok(s) => Arc::new(s),
         Err(e) => return config_error(&e),
     };
-    if let Some(tls) = shared.tls.clone() {
-        let hup = Arc::new(AtomicBool::new(false));
-        if signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup)).is_ok() {
-            std::thread::spawn(move || loop {
-                std::thread::sleep(SIGNAL_POLL);
-                if hup.swap(false, std::sync::atomic::Ordering::SeqCst) {
-                    match tls.reload() {
-                        Ok(()) => log::info!("SIGHUP: TLS certificate reloaded"),
-                        Err(e) => log::error!("SIGHUP: keeping the old TLS certificate: {e}"),
-                    }
-                }
-            });
-        }
+    let hup = Arc::new(AtomicBool::new(false));
+    if signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup)).is_ok() {
+        let shared = Arc::clone(&shared);
+        let path = path.map(Path::to_path_buf);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(SIGNAL_POLL);
+            if hup.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                reload(&shared, path.as_deref());
+                log::logger().flush();
+            }
+        });
     }
     let config = Arc::new(config);
     let listeners: Vec<String> = config
@@ -255,8 +319,11 @@ fn serve(path: Option<&Path>) -> ExitCode {
             for s in startups {
                 if let Startup::Ready { shard, cpu, report } = s {
                     eprintln!(
-                    "ringpost: shard {shard} on cpu {cpu}: recovered {} live messages from {} segments ({} bytes, {} message and {} outcome records), deleted {} finished segments",
-                    report.live_messages, report.segments, report.bytes, report.message_records, report.outcome_records, report.deleted_segments
+                    "ringpost: shard {shard} on cpu {cpu}: recovered {} live messages from {} segments ({} bytes, {} message and {} outcome records) in {:.3}s ({:.0} records/s), deleted {} finished segments",
+                    report.live_messages, report.segments, report.bytes, report.message_records, report.outcome_records,
+                    report.elapsed.as_secs_f64(),
+                    (report.message_records + report.outcome_records) as f64 / report.elapsed.as_secs_f64().max(1e-6),
+                    report.deleted_segments
                 );
                     for t in &report.torn {
                         eprintln!(
@@ -591,39 +658,5 @@ fn age(micros: u64) -> String {
         60..=3599 => format!("{}m", s / 60),
         3600..=86399 => format!("{}h", s / 3600),
         _ => format!("{}d", s / 86400),
-    }
-}
-
-/// stderr logging for the `log` crate; level from RUST_LOG (error|warn|info|debug|trace).
-struct Logger {
-    level: log::LevelFilter,
-}
-
-impl log::Log for Logger {
-    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.level() <= self.level
-    }
-    fn log(&self, r: &log::Record<'_>) {
-        if !self.enabled(r.metadata()) {
-            return;
-        }
-        let text = r.args().to_string();
-        // glommio probes io_uring poll support on every DmaFile open and logs the (normal)
-        // failure on virtual disks as an error: it is not one.
-        if r.target().starts_with("glommio") && text.contains("iopoll") {
-            return;
-        }
-        eprintln!("ringpost: {}: {text}", r.level().as_str().to_lowercase());
-    }
-    fn flush(&self) {}
-}
-
-fn install_logger() {
-    let level = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(log::LevelFilter::Info);
-    if log::set_boxed_logger(Box::new(Logger { level })).is_ok() {
-        log::set_max_level(level);
     }
 }

@@ -209,3 +209,75 @@ fn hold_release_delete_bounce() {
         .count();
     assert_eq!(dsns, 1);
 }
+
+#[test]
+fn sighup_reloads_policy_for_new_sessions() {
+    let mut server = Server::start(
+        "[policy]\nrelay_networks = []\nrelay_domains = [\"a.test\"]\n[tuning]\nshards = 2\n",
+    );
+    let mut c = server.connect();
+    c.greet();
+    c.expect_cmd("MAIL FROM:<s@x.test>", "250");
+    c.expect_cmd("RCPT TO:<u@b.test>", "554 5.7.1");
+    let cfg = std::fs::read_to_string(&server.config).unwrap();
+    std::fs::write(
+        &server.config,
+        cfg.replace("[\"a.test\"]", "[\"b.test\"]")
+            .replace("shards = 2", "shards = 1"),
+    )
+    .unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(server.child.as_ref().unwrap().id() as i32, libc::SIGHUP) };
+    wait_until("both shards reloaded", || {
+        server
+            .stderr()
+            .matches("policy reloaded (relay domains")
+            .count()
+            == 2
+    });
+    assert!(
+        server
+            .stderr()
+            .contains("[tuning] changed; that takes effect after a restart"),
+        "{}",
+        server.stderr()
+    );
+    let mut c = server.connect();
+    c.greet();
+    c.expect_cmd("MAIL FROM:<s@x.test>", "250");
+    c.expect_cmd("RCPT TO:<u@b.test>", "250");
+    c.expect_cmd("RCPT TO:<u@a.test>", "554 5.7.1");
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn json_log_lines() {
+    let mut server = Server::start("");
+    server.kill9();
+    server.args = vec!["--log-format".into(), "json".into()];
+    server.restart();
+    let mut c = server.connect();
+    c.greet();
+    let id =
+        queued_id(&c.send_message("a@b.test", &["x@relay.test"], b"Subject: json\r\n\r\nx\r\n"));
+    drop(c);
+    let status = server.terminate();
+    assert!(status.success());
+    let line = server
+        .stderr()
+        .lines()
+        .find(|l| l.contains(&format!("{id}: accepted")))
+        .map(str::to_string)
+        .unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("{e}: {line:?}\n{}", server.stderr()));
+    assert_eq!(v["level"], "info");
+    assert!(
+        v["msg"]
+            .as_str()
+            .unwrap()
+            .contains("from=<a@b.test> nrcpt=1"),
+        "{v}"
+    );
+    assert!(v["ts"].as_f64().unwrap() > 1e9);
+}

@@ -413,10 +413,11 @@ impl QueueManager {
                     );
                 } else {
                     self.success_notice(&r, &envelope, now).await;
-                    log::debug!(
-                        "{}: to=<{address}>, relay={}, status=sent ({reply})",
+                    log::info!(
+                        "{}: to=<{address}>, relay={}, delay={:.3}s, status=sent ({reply})",
                         r.id,
-                        r.remote.as_deref().unwrap_or("none")
+                        r.remote.as_deref().unwrap_or("none"),
+                        age.as_secs_f64()
                     );
                 }
                 if last {

@@ -82,7 +82,8 @@ impl Drop for Admission {
 
 async fn serve(shard: Rc<Shard>, tcp: TcpStream, mode: ListenerMode) {
     let Ok(peer) = tcp.peer_addr() else { return };
-    let mut session = Session::with_mode(&shard.session, peer.ip(), mode);
+    let cfg = Rc::clone(&shard.session.borrow());
+    let mut session = Session::with_mode(&cfg, peer.ip(), mode);
     let mut out = Vec::with_capacity(1024);
     let _ = tcp.set_write_timeout(Some(shard.limits.command_timeout));
     let _ = tcp.set_read_timeout(Some(shard.limits.command_timeout));
@@ -237,12 +238,13 @@ impl Conn<'_> {
         if result.is_ok() {
             self.shard.accepted.set(self.shard.accepted.get() + 1);
             self.shard.qmgr.submit(id);
-            log::debug!(
-                "{id_text}: from=<{}> nrcpt={} size={} client={}",
+            log::info!(
+                "{id_text}: accepted from=<{}> nrcpt={} size={} client={} tls={}",
                 session.envelope().sender,
                 session.envelope().recipients.len(),
                 self.received.len() + session.content().len(),
-                self.peer_text
+                self.peer_text,
+                session.tls_active()
             );
         }
         session.stored(result.map(|()| id_text), out);

@@ -91,6 +91,7 @@ pub struct RecoveryReport {
     pub bytes: u64,
     pub torn: Vec<recovery::TornTail>,
     pub deleted_segments: usize,
+    pub elapsed: Duration,
 }
 
 impl Log {
@@ -101,6 +102,7 @@ impl Log {
         dirs: &[PathBuf],
         settings: LogSettings,
     ) -> io::Result<(Log, RecoveryReport)> {
+        let started = std::time::Instant::now();
         let own = dirs
             .first()
             .ok_or_else(|| io::Error::other("no queue directory"))?
@@ -128,6 +130,7 @@ impl Log {
             bytes,
             torn,
             deleted_segments: before - index.segments().count(),
+            elapsed: started.elapsed(),
         };
         let counter = crate::time::unix_micros().max(index.max_counter(shard) + 1);
         let log = Log {

@@ -73,9 +73,27 @@ pub enum RouteError {
     Temporary(String),
 }
 
+type Routes = HashMap<String, (String, u16, Protocol, OutboundTls)>;
+
+fn routes_of(c: &Config) -> Routes {
+    c.route
+        .iter()
+        .filter_map(|r| {
+            let (target, protocol) = match (&r.smarthost, &r.lmtp) {
+                (Some(t), None) => (t, Protocol::Smtp),
+                (None, Some(t)) => (t, Protocol::Lmtp),
+                _ => return None,
+            };
+            let (host, port) = config::split_host_port(target)?;
+            let tls = r.tls.unwrap_or(c.delivery.tls);
+            Some((r.domain.to_ascii_lowercase(), (host, port, protocol, tls)))
+        })
+        .collect()
+}
+
 pub struct Router {
-    routes: HashMap<String, (String, u16, Protocol, OutboundTls)>,
-    default_tls: OutboundTls,
+    routes: std::cell::RefCell<Routes>,
+    default_tls: std::cell::Cell<OutboundTls>,
     pub resolver: Rc<Resolver>,
     port: u16,
     hostname: String,
@@ -85,29 +103,21 @@ pub struct Router {
 
 impl Router {
     pub fn new(c: &Config, resolver: Rc<Resolver>, seed: u64) -> Router {
-        let routes = c
-            .route
-            .iter()
-            .filter_map(|r| {
-                let (target, protocol) = match (&r.smarthost, &r.lmtp) {
-                    (Some(t), None) => (t, Protocol::Smtp),
-                    (None, Some(t)) => (t, Protocol::Lmtp),
-                    _ => return None,
-                };
-                let (host, port) = config::split_host_port(target)?;
-                let tls = r.tls.unwrap_or(c.delivery.tls);
-                Some((r.domain.to_ascii_lowercase(), (host, port, protocol, tls)))
-            })
-            .collect();
         Router {
-            routes,
-            default_tls: c.delivery.tls,
+            routes: std::cell::RefCell::new(routes_of(c)),
+            default_tls: std::cell::Cell::new(c.delivery.tls),
             resolver,
             port: c.delivery.port,
             hostname: c.server.hostname.to_ascii_lowercase(),
             listen: c.listen.iter().map(|l| l.addr).collect(),
             rng: std::cell::Cell::new(seed | 1),
         }
+    }
+
+    /// SIGHUP: the route table and the default TLS policy from a reloaded config.
+    pub fn reconfigure(&self, c: &Config) {
+        *self.routes.borrow_mut() = routes_of(c);
+        self.default_tls.set(c.delivery.tls);
     }
 
     fn random(&self) -> u64 {
@@ -123,13 +133,9 @@ impl Router {
     /// The site for a recipient domain.
     pub async fn route(&self, domain: &str) -> Result<Arc<Site>, RouteError> {
         let domain = domain.to_ascii_lowercase();
-        if let Some((host, port, protocol, tls)) = self.routes.get(&domain) {
-            return Ok(Arc::new(Site::new(
-                vec![host.clone()],
-                *port,
-                *protocol,
-                *tls,
-            )));
+        let routed = self.routes.borrow().get(&domain).cloned();
+        if let Some((host, port, protocol, tls)) = routed {
+            return Ok(Arc::new(Site::new(vec![host], port, protocol, tls)));
         }
         let tls = self.tls_policy(&domain);
         if domain.starts_with('[') {
@@ -157,7 +163,7 @@ impl Router {
     /// MTA-STS (RFC 8461: `enforce` makes a domain `Required`, checked against the policy's
     /// MX names) and DANE (RFC 7672: TLSA records) plug in; today it is `[delivery] tls`.
     fn tls_policy(&self, _domain: &str) -> OutboundTls {
-        self.default_tls
+        self.default_tls.get()
     }
 
     /// MX hosts by preference (ties shuffled), or the domain itself (implicit MX).

@@ -48,7 +48,9 @@ pub struct Limits {
 /// One shard's state, owned by its executor thread.
 pub struct Shard {
     pub id: usize,
-    pub session: SessionConfig,
+    /// Replaced on SIGHUP; each session keeps the one it started with (as Postfix's smtpd
+    /// processes do), new sessions get the new one.
+    pub session: RefCell<Rc<SessionConfig>>,
     pub limits: Limits,
     pub log: Rc<Log>,
     pub connections: Cell<u32>,
@@ -120,6 +122,9 @@ pub struct Shared {
     pub decoy: Arc<String>,
     /// Every shard's latest metrics.
     pub board: Arc<crate::metrics::Board>,
+    /// The configuration, replaced by SIGHUP; `generation` counts replacements.
+    pub reloaded: std::sync::Mutex<Arc<Config>>,
+    pub generation: std::sync::atomic::AtomicU64,
 }
 
 pub fn run(
@@ -297,7 +302,7 @@ async fn shard_main(place: Place, inputs: Inputs) -> Option<Finished> {
     let s = &config.server;
     let shard = Rc::new(Shard {
         id: k,
-        session: SessionConfig::from_config(&config),
+        session: RefCell::new(Rc::new(SessionConfig::from_config(&config))),
         limits: Limits {
             max_connections: s.max_connections,
             max_connections_per_ip: s.max_connections_per_ip,
@@ -328,7 +333,11 @@ async fn shard_main(place: Place, inputs: Inputs) -> Option<Finished> {
         board: Arc::clone(&shared.board),
         accepted: Cell::new(0),
     });
-    let publisher = glommio::spawn_local(publish_metrics(Rc::clone(&shard), Rc::clone(&resolver)));
+    let publisher = glommio::spawn_local(publish_metrics(
+        Rc::clone(&shard),
+        Rc::clone(&resolver),
+        Arc::clone(&shared),
+    ));
     let admin = match (&config.admin, k) {
         (Some(a), 0) => match TcpListener::bind(a.listen) {
             Ok(l) => Some(glommio::spawn_local(crate::net::admin::serve(
@@ -369,6 +378,7 @@ async fn shard_main(place: Place, inputs: Inputs) -> Option<Finished> {
     glommio::timer::sleep(REPORT_SETTLE).await;
     log.close().await;
     committer.await;
+    log::logger().flush();
     Some(Finished {
         shard: k,
         log: log.stats(),
@@ -379,11 +389,32 @@ async fn shard_main(place: Place, inputs: Inputs) -> Option<Finished> {
 /// How often a shard publishes its metrics snapshot.
 const METRICS_INTERVAL: Duration = Duration::from_secs(1);
 
-async fn publish_metrics(shard: Rc<Shard>, resolver: Rc<Resolver>) {
+async fn publish_metrics(shard: Rc<Shard>, resolver: Rc<Resolver>, shared: Arc<Shared>) {
+    let mut generation = shared.generation.load(Ordering::SeqCst);
     loop {
+        let now = shared.generation.load(Ordering::SeqCst);
+        if now != generation {
+            generation = now;
+            let config = Arc::clone(&shared.reloaded.lock().unwrap_or_else(|e| e.into_inner()));
+            reload_policy(&shard, &config);
+        }
         shard.board.publish(shard.id, snapshot(&shard, &resolver));
+        log::logger().flush();
         glommio::timer::sleep(METRICS_INTERVAL).await;
     }
+}
+
+/// SIGHUP: relay domains and networks, forwards, lists, VRFY/EXPN and limits for new
+/// sessions; routes for the next routing decision.
+fn reload_policy(shard: &Shard, config: &Config) {
+    let mut fresh = SessionConfig::from_config(config);
+    fresh.refusals = Rc::clone(&shard.session.borrow().refusals);
+    *shard.session.borrow_mut() = Rc::new(fresh);
+    shard.qmgr.router().reconfigure(config);
+    log::info!(
+        "shard {}: policy reloaded (relay domains, networks, forwards, lists, routes)",
+        shard.id
+    );
 }
 
 /// This shard's counters and queue, read off its own state.
@@ -422,7 +453,7 @@ fn snapshot(shard: &Shard, resolver: &Resolver) -> crate::metrics::ShardMetrics 
     });
     crate::metrics::ShardMetrics {
         accepted: shard.accepted.get(),
-        refusals: shard.session.refusals.borrow().clone(),
+        refusals: shard.session.borrow().refusals.borrow().clone(),
         connections_in: u64::from(shard.connections.get()),
         connections_out: open_out,
         outbound_connections: d.connections,

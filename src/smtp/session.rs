@@ -31,7 +31,7 @@ pub struct SessionConfig {
     pub auth_plaintext_loopback: bool,
     /// Refusals by reply code ("554 5.7.1"), for the metrics. The shard owns this config
     /// and its sessions: one thread, so a RefCell.
-    pub refusals: std::cell::RefCell<std::collections::BTreeMap<String, u64>>,
+    pub refusals: std::rc::Rc<std::cell::RefCell<std::collections::BTreeMap<String, u64>>>,
 }
 
 impl SessionConfig {
@@ -45,7 +45,7 @@ impl SessionConfig {
             tls: c.tls.is_some(),
             auth: c.auth.is_some(),
             auth_plaintext_loopback: c.auth.as_ref().is_some_and(|a| a.allow_plaintext_loopback),
-            refusals: std::cell::RefCell::new(std::collections::BTreeMap::new()),
+            refusals: std::rc::Rc::default(),
         }
     }
 }

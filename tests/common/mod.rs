@@ -69,6 +69,8 @@ pub fn free_port() -> u16 {
 }
 
 pub struct Server {
+    /// Extra arguments for `ringpost serve`.
+    pub args: Vec<String>,
     pub child: Option<Child>,
     pub port: u16,
     pub dir: TempDir,
@@ -99,6 +101,7 @@ impl Server {
         std::fs::write(&config, text).expect("write config");
         let stderr_path = dir.0.join("stderr.log");
         let mut s = Server {
+            args: Vec::new(),
             child: None,
             port,
             dir,
@@ -119,6 +122,7 @@ impl Server {
         let mut child = Command::new(binary())
             .args(["serve", "--config"])
             .arg(&self.config)
+            .args(&self.args)
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
