@@ -341,10 +341,12 @@ fn serve(path: Option<&Path>) -> ExitCode {
                 config.queue.dir.display()
             );
             let _ = std::io::stdout().flush();
+            sd_notify("READY=1\nSTATUS=accepting mail");
         },
     );
     match result {
         Ok(finished) => {
+            sd_notify("STOPPING=1");
             for f in finished {
                 let l = f.log;
                 let avg = if l.commits > 0 {
@@ -369,6 +371,28 @@ fn serve(path: Option<&Path>) -> ExitCode {
             eprintln!("ringpost: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// systemd's Type=notify readiness protocol (sd_notify(3)): a datagram to $NOTIFY_SOCKET.
+fn sd_notify(state: &str) {
+    use std::os::unix::net::UnixDatagram;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+    } else {
+        sock.send_to(state.as_bytes(), std::path::Path::new(&path))
+    };
+    if let Err(e) = sent {
+        log::warn!("sd_notify: {e}");
     }
 }
 

@@ -281,3 +281,31 @@ fn json_log_lines() {
     );
     assert!(v["ts"].as_f64().unwrap() > 1e9);
 }
+
+#[test]
+fn sd_notify_readiness() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = TempDir::new("notify");
+    let sock_path = dir.0.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let port = free_port();
+    let cfg = dir.0.join("c.toml");
+    std::fs::write(&cfg, format!("[[listen]]\naddr = \"127.0.0.1:{port}\"\n[queue]\ndir = \"{}\"\n[delivery]\ndns = [\"127.0.0.1:9\"]\n", dir.0.join("q").display())).unwrap();
+    let mut child = Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("READY=1"));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let n = sock.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert!(child.wait().unwrap().success());
+}
