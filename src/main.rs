@@ -170,7 +170,17 @@ enum UserCmd {
 #[derive(Subcommand)]
 enum QueueCmd {
     /// One line per queued message: id, age, size, state, sender, recipients.
-    List,
+    List {
+        /// Only messages with a recipient not yet final in this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Only messages in this state.
+        #[arg(long, value_parser = ["ready", "deferred", "held"])]
+        state: Option<String>,
+        /// One JSON object per message, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Envelope and per-recipient state of one message; --body prints its content.
     Show {
         id: String,
@@ -537,12 +547,20 @@ fn queue(dir: &Path, action: QueueCmd) -> std::io::Result<ExitCode> {
             writeln!(out, "-- {} messages", entries.len())?;
             Ok(ExitCode::SUCCESS)
         }
-        QueueCmd::List => {
-            writeln!(
-                out,
-                "{:<16}  {:>8}  {:>9}  {:<8}  {:<30}  recipients",
-                "id", "age", "size", "state", "sender"
-            )?;
+        QueueCmd::List {
+            domain,
+            state,
+            json,
+        } => {
+            let domain = domain.map(|d| d.to_ascii_lowercase());
+            if !json {
+                writeln!(
+                    out,
+                    "{:<16}  {:>8}  {:>9}  {:<8}  {:<30}  recipients",
+                    "id", "age", "size", "state", "sender"
+                )?;
+            }
+            let mut shown = 0;
             for e in &entries {
                 let m = &e.message;
                 let pending: Vec<&str> = m
@@ -553,42 +571,58 @@ fn queue(dir: &Path, action: QueueCmd) -> std::io::Result<ExitCode> {
                     .filter(|(_, s)| !s.is_final())
                     .map(|(r, _)| r.address.as_str())
                     .collect();
-                let state = if e.held {
-                    "held"
-                } else if e
-                    .rcpt_states
-                    .iter()
-                    .any(|s| matches!(s, RcptState::Deferred { .. }))
-                {
-                    "deferred"
-                } else {
-                    "ready"
+                let here = match &domain {
+                    Some(d) => pending.iter().any(|a| {
+                        a.rsplit_once('@')
+                            .is_some_and(|(_, x)| x.eq_ignore_ascii_case(d))
+                    }),
+                    None => true,
                 };
+                let st = message_state(e);
+                if !here || state.as_deref().is_some_and(|s| s != st) {
+                    continue;
+                }
+                shown += 1;
                 let sender = if m.envelope.sender.is_empty() {
                     "<>"
                 } else {
                     &m.envelope.sender
                 };
-                writeln!(
-                    out,
-                    "{:<16}  {:>8}  {:>9}  {:<8}  {:<30}  {}",
-                    m.id.to_string(),
-                    age(now.saturating_sub(m.arrival_micros)),
-                    m.content_len,
-                    state,
-                    sender,
-                    pending.join(" ")
-                )?;
+                if json {
+                    let v = serde_json::json!({
+                        "id": m.id.to_string(),
+                        "arrival": m.arrival_micros / 1_000_000,
+                        "size": m.content_len,
+                        "state": st,
+                        "sender": m.envelope.sender,
+                        "pending": pending,
+                        "last_reply": e.last_reply,
+                    });
+                    writeln!(out, "{v}")?;
+                } else {
+                    writeln!(
+                        out,
+                        "{:<16}  {:>8}  {:>9}  {:<8}  {:<30}  {}",
+                        m.id.to_string(),
+                        age(now.saturating_sub(m.arrival_micros)),
+                        m.content_len,
+                        st,
+                        sender,
+                        pending.join(" ")
+                    )?;
+                }
             }
-            writeln!(out, "-- {} messages", entries.len())?;
-            for t in &recovered.torn {
-                writeln!(
-                    out,
-                    "-- {}: torn tail at offset {} ({})",
-                    t.path.display(),
-                    t.offset,
-                    t.error
-                )?;
+            if !json {
+                writeln!(out, "-- {shown} messages")?;
+                for t in &recovered.torn {
+                    writeln!(
+                        out,
+                        "-- {}: torn tail at offset {} ({})",
+                        t.path.display(),
+                        t.offset,
+                        t.error
+                    )?;
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -617,7 +651,18 @@ fn queue(dir: &Path, action: QueueCmd) -> std::io::Result<ExitCode> {
                 writeln!(out, "state: held")?;
             }
             for (r, s) in m.envelope.recipients.iter().zip(&e.rcpt_states) {
-                writeln!(out, "recipient: <{}> {:?}", r.address, s)?;
+                let state = match s {
+                    RcptState::Pending => "pending".to_string(),
+                    RcptState::Deferred { until_micros } => {
+                        format!(
+                            "deferred, next attempt {}",
+                            ringpost::time::rfc5322(until_micros / 1_000_000)
+                        )
+                    }
+                    RcptState::Delivered => "delivered".to_string(),
+                    RcptState::Failed => "failed".to_string(),
+                };
+                writeln!(out, "recipient: <{}> {state}", r.address)?;
             }
             if let Some(reply) = &e.last_reply {
                 writeln!(out, "last reply: {reply}")?;
@@ -673,6 +718,21 @@ fn user(file: &Path, action: UserCmd) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// held, deferred (a recipient waits for a retry) or ready.
+fn message_state(e: &ringpost::queue::index::Entry) -> &'static str {
+    if e.held {
+        "held"
+    } else if e
+        .rcpt_states
+        .iter()
+        .any(|s| matches!(s, RcptState::Deferred { .. }))
+    {
+        "deferred"
+    } else {
+        "ready"
+    }
 }
 
 fn age(micros: u64) -> String {

@@ -54,6 +54,8 @@ pub struct ShardMetrics {
     pub records: u64,
     pub log_bytes: u64,
     pub fsync_us: Option<Histogram<u64>>,
+    pub store_us: Option<Histogram<u64>>,
+    pub delay_us: Option<Histogram<u64>>,
     pub dns_queries: u64,
     pub dns_cache_hits: u64,
     pub dns_failures: u64,
@@ -108,6 +110,18 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, values: impl Iterator<Item 
             .set(v as i64);
     }
     reg.register(name, help, f);
+}
+
+/// Quantiles of a microsecond histogram, in seconds, as a gauge family.
+fn quantiles(reg: &mut Registry, name: &str, help: &str, h: Option<Histogram<u64>>) {
+    let fam = Family::<Vec<(String, String)>, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    if let Some(h) = h.filter(|h| !h.is_empty()) {
+        for q in [0.5, 0.9, 0.99, 0.999] {
+            fam.get_or_create(&vec![("quantile".into(), q.to_string())])
+                .set(h.value_at_quantile(q) as f64 / 1e6);
+        }
+    }
+    reg.register(name, help, fam);
 }
 
 /// The Prometheus text exposition of all shards' snapshots.
@@ -226,11 +240,9 @@ pub fn render(shards: &BTreeMap<usize, ShardMetrics>) -> String {
         "Commands refused, by reply code",
         refused,
     );
-    let fsync =
-        Family::<Vec<(String, String)>, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-    let mut merged: Option<Histogram<u64>> = None;
-    for m in shards.values() {
-        if let Some(h) = &m.fsync_us {
+    let merge = |f: fn(&ShardMetrics) -> Option<&Histogram<u64>>| {
+        let mut merged: Option<Histogram<u64>> = None;
+        for h in shards.values().filter_map(f) {
             match merged.as_mut() {
                 Some(all) => {
                     let _ = all.add(h);
@@ -238,18 +250,25 @@ pub fn render(shards: &BTreeMap<usize, ShardMetrics>) -> String {
                 None => merged = Some(h.clone()),
             }
         }
-    }
-    if let Some(h) = merged.filter(|h| !h.is_empty()) {
-        for q in [0.5, 0.9, 0.99, 0.999] {
-            fsync
-                .get_or_create(&vec![("quantile".into(), q.to_string())])
-                .set(h.value_at_quantile(q) as f64 / 1e6);
-        }
-    }
-    reg.register(
+        merged
+    };
+    quantiles(
+        &mut reg,
         "fsync_seconds",
         "Group-commit write+fdatasync latency quantiles since start",
-        fsync,
+        merge(|m| m.fsync_us.as_ref()),
+    );
+    quantiles(
+        &mut reg,
+        "store_seconds",
+        "End of content to 250 (the commit the message waited for), quantiles since start",
+        merge(|m| m.store_us.as_ref()),
+    );
+    quantiles(
+        &mut reg,
+        "delivery_delay_seconds",
+        "Arrival to delivery per recipient, quantiles since start",
+        merge(|m| m.delay_us.as_ref()),
     );
     let sites = Family::<Vec<(String, String)>, Gauge>::default();
     let mut top: Vec<(String, u64)> = shards

@@ -88,10 +88,12 @@ fn metrics_summary_and_flush() {
         metric(&text, "ringpost_refused_commands_total") >= 1,
         "the 503 above is counted"
     );
-    assert!(
-        text.contains("ringpost_fsync_seconds{quantile=\"0.99\"}"),
-        "{text}"
-    );
+    for q in ["fsync_seconds", "store_seconds", "delivery_delay_seconds"] {
+        assert!(
+            text.contains(&format!("ringpost_{q}{{quantile=\"0.99\"}}")),
+            "{q}: {text}"
+        );
+    }
     assert_eq!(
         http(admin, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").0,
         401,
@@ -190,6 +192,21 @@ fn hold_release_delete_bounce() {
     r.server.kill9();
     r.server.restart();
     assert!(queue_cmd(&r, &["show", &held]).contains("state: held"));
+    let held_only = queue_cmd(&r, &["list", "--state", "held"]);
+    assert!(
+        held_only.contains(&held) && !held_only.contains(&deleted),
+        "{held_only}"
+    );
+    let json = queue_cmd(&r, &["list", "--json", "--domain", "sink.test"]);
+    let rows: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3, "{json}");
+    assert!(rows
+        .iter()
+        .any(|v| v["id"] == held.as_str() && v["state"] == "held"));
+    assert!(queue_cmd(&r, &["show", &deleted]).contains("deferred, next attempt"));
     queue_cmd(&r, &["delete", &deleted]);
     wait_until("deleted", || !queue_cmd(&r, &["list"]).contains(&deleted));
     queue_cmd(&r, &["bounce", &bounced]);

@@ -64,6 +64,8 @@ pub struct QueueManager {
     open: RefCell<HashMap<QueueId, Open>>,
     rng: Cell<u64>,
     stopping: Cell<bool>,
+    /// Arrival to delivery per recipient, microseconds.
+    delay_us: RefCell<hdrhistogram::Histogram<u64>>,
 }
 
 impl QueueManager {
@@ -91,7 +93,12 @@ impl QueueManager {
             open: RefCell::new(HashMap::new()),
             rng: Cell::new(now | 1),
             stopping: Cell::new(false),
+            delay_us: RefCell::new(crate::queue::log::sync_histogram()),
         }
+    }
+
+    pub fn delay_histogram(&self) -> hdrhistogram::Histogram<u64> {
+        self.delay_us.borrow().clone()
     }
 
     pub fn router(&self) -> &Router {
@@ -412,6 +419,9 @@ impl QueueManager {
                         r.remote.as_deref().unwrap_or("none")
                     );
                 } else {
+                    self.delay_us
+                        .borrow_mut()
+                        .saturating_record((age.as_micros() as u64).max(1));
                     self.success_notice(&r, &envelope, now).await;
                     log::info!(
                         "{}: to=<{address}>, relay={}, delay={:.3}s, status=sent ({reply})",

@@ -235,6 +235,11 @@ impl Conn<'_> {
             content: session.content(),
         });
         let result = ticket.wait().await;
+        let waited = crate::time::unix_micros().saturating_sub(now);
+        self.shard
+            .store_us
+            .borrow_mut()
+            .saturating_record(waited.max(1));
         if result.is_ok() {
             self.shard.accepted.set(self.shard.accepted.get() + 1);
             self.shard.qmgr.submit(id);
@@ -257,7 +262,7 @@ impl Conn<'_> {
         self.flush(out).await?;
         let injected = self.end - self.start;
         if injected > 0 {
-            log::info!(
+            log::warn!(
                 "shard {}: {} sent {injected} octets after STARTTLS; discarded",
                 self.shard.id,
                 self.peer_text

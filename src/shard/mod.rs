@@ -68,6 +68,8 @@ pub struct Shard {
     pub board: Arc<crate::metrics::Board>,
     /// Messages accepted (stored and answered 250).
     pub accepted: Cell<u64>,
+    /// End of content to 250, microseconds.
+    pub store_us: RefCell<hdrhistogram::Histogram<u64>>,
 }
 
 /// What a shard tells the main thread once it is serving (or why it could not start).
@@ -332,6 +334,7 @@ async fn shard_main(place: Place, inputs: Inputs) -> Option<Finished> {
         },
         board: Arc::clone(&shared.board),
         accepted: Cell::new(0),
+        store_us: RefCell::new(crate::queue::log::sync_histogram()),
     });
     let publisher = glommio::spawn_local(publish_metrics(
         Rc::clone(&shard),
@@ -467,6 +470,8 @@ fn snapshot(shard: &Shard, resolver: &Resolver) -> crate::metrics::ShardMetrics 
         records: log.records,
         log_bytes: log.bytes,
         fsync_us: Some(shard.log.sync_histogram()),
+        store_us: Some(shard.store_us.borrow().clone()),
+        delay_us: Some(shard.qmgr.delay_histogram()),
         dns_queries: dns.queries,
         dns_cache_hits: dns.cache_hits,
         dns_failures: dns.failures,
