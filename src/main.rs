@@ -186,6 +186,8 @@ enum QueueCmd {
         id: String,
         #[arg(long)]
         body: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Live messages and recipients by destination domain, oldest first (like qshape).
     Summary {
@@ -626,7 +628,7 @@ fn queue(dir: &Path, action: QueueCmd) -> std::io::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        QueueCmd::Show { id, body } => {
+        QueueCmd::Show { id, body, json } => {
             let Some(e) =
                 ringpost::queue::record::QueueId::parse(&id).and_then(|id| recovered.index.get(id))
             else {
@@ -634,6 +636,30 @@ fn queue(dir: &Path, action: QueueCmd) -> std::io::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             };
             let m = &e.message;
+            if json {
+                let rcpts: Vec<serde_json::Value> = m
+                    .envelope
+                    .recipients
+                    .iter()
+                    .zip(&e.rcpt_states)
+                    .map(|(r, s)| {
+                        let (state, next) = match s {
+                            RcptState::Pending => ("pending", None),
+                            RcptState::Deferred { until_micros } => ("deferred", Some(until_micros / 1_000_000)),
+                            RcptState::Delivered => ("delivered", None),
+                            RcptState::Failed => ("failed", None),
+                        };
+                        serde_json::json!({"address": r.address, "state": state, "next_attempt": next, "orcpt": r.orcpt})
+                    })
+                    .collect();
+                let v = serde_json::json!({
+                    "id": m.id.to_string(), "arrival": m.arrival_micros / 1_000_000, "client": m.client, "helo": m.helo,
+                    "sender": m.envelope.sender, "size": m.content_len, "state": message_state(e),
+                    "recipients": rcpts, "last_reply": e.last_reply,
+                });
+                writeln!(out, "{v}")?;
+                return Ok(ExitCode::SUCCESS);
+            }
             writeln!(
                 out,
                 "id: {}\narrival: {}\nclient: {} ({})",

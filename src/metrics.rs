@@ -55,6 +55,7 @@ pub struct ShardMetrics {
     pub log_bytes: u64,
     pub fsync_us: Option<Histogram<u64>>,
     pub store_us: Option<Histogram<u64>>,
+    pub batch: Option<Histogram<u64>>,
     pub delay_us: Option<Histogram<u64>>,
     pub dns_queries: u64,
     pub dns_cache_hits: u64,
@@ -252,6 +253,19 @@ pub fn render(shards: &BTreeMap<usize, ShardMetrics>) -> String {
         }
         merged
     };
+    let batch = Family::<Vec<(String, String)>, Gauge>::default();
+    if let Some(h) = merge(|m| m.batch.as_ref()).filter(|h| !h.is_empty()) {
+        for q in [0.5, 0.9, 0.99] {
+            batch
+                .get_or_create(&vec![("quantile".into(), q.to_string())])
+                .set(h.value_at_quantile(q) as i64);
+        }
+    }
+    reg.register(
+        "commit_batch_records",
+        "Records per group commit, quantiles since start",
+        batch,
+    );
     quantiles(
         &mut reg,
         "fsync_seconds",

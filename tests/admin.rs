@@ -88,6 +88,10 @@ fn metrics_summary_and_flush() {
         metric(&text, "ringpost_refused_commands_total") >= 1,
         "the 503 above is counted"
     );
+    assert!(
+        text.contains("ringpost_commit_batch_records{quantile=\"0.5\"}"),
+        "{text}"
+    );
     for q in ["fsync_seconds", "store_seconds", "delivery_delay_seconds"] {
         assert!(
             text.contains(&format!("ringpost_{q}{{quantile=\"0.99\"}}")),
@@ -207,6 +211,10 @@ fn hold_release_delete_bounce() {
         .iter()
         .any(|v| v["id"] == held.as_str() && v["state"] == "held"));
     assert!(queue_cmd(&r, &["show", &deleted]).contains("deferred, next attempt"));
+    let shown: serde_json::Value =
+        serde_json::from_str(&queue_cmd(&r, &["show", &deleted, "--json"])).unwrap();
+    assert_eq!(shown["recipients"][0]["state"], "deferred");
+    assert!(shown["recipients"][0]["next_attempt"].as_u64().unwrap() > 0);
     queue_cmd(&r, &["delete", &deleted]);
     wait_until("deleted", || !queue_cmd(&r, &["list"]).contains(&deleted));
     queue_cmd(&r, &["bounce", &bounced]);

@@ -68,6 +68,8 @@ struct State {
     next_number: u64,
     stats: LogStats,
     sync_us: hdrhistogram::Histogram<u64>,
+    /// Records per commit.
+    batch: hdrhistogram::Histogram<u64>,
 }
 
 pub struct Log {
@@ -149,6 +151,7 @@ impl Log {
                 next_number: max_number + 1,
                 stats: LogStats::default(),
                 sync_us: sync_histogram(),
+                batch: sync_histogram(),
             }),
             kick: Signal::default(),
             closing: Cell::new(false),
@@ -210,6 +213,10 @@ impl Log {
     /// The file of a segment, for readers of message content.
     pub fn segment_path(&self, seg: SegId) -> Option<PathBuf> {
         self.st.borrow().segments.get(seg as usize).cloned()
+    }
+
+    pub fn batch_histogram(&self) -> hdrhistogram::Histogram<u64> {
+        self.st.borrow().batch.clone()
     }
 
     pub fn sync_histogram(&self) -> hdrhistogram::Histogram<u64> {
@@ -278,6 +285,7 @@ impl Log {
                 let us = started.elapsed().as_micros() as u64;
                 st.stats.sync_micros += us;
                 st.sync_us.saturating_record(us.max(1));
+                st.batch.saturating_record(records.max(1));
                 for (offset, m) in messages {
                     st.index.insert(m, seg, base + offset as u64);
                 }

@@ -9,6 +9,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub const SEGMENT_SUFFIX: &str = ".seg";
+/// A long recovery says how far it got this often.
+const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The segment file name for a number: fixed width, so names sort like numbers.
 pub fn segment_name(number: u64) -> String {
@@ -144,8 +146,22 @@ fn is_padding(image: &[u8], at: usize) -> bool {
 pub fn recover(dirs: &[PathBuf], delete: bool) -> io::Result<Recovered> {
     let mut r = Recovered::default();
     let mut outcomes: Vec<(SegId, Outcome)> = Vec::new();
+    let total: usize = dirs
+        .iter()
+        .map(|d| segments_in(d).map_or(0, |s| s.len()))
+        .sum();
+    let (started, mut reported, mut done) =
+        (std::time::Instant::now(), std::time::Instant::now(), 0usize);
     for dir in dirs {
         for (number, path) in segments_in(dir)? {
+            done += 1;
+            if reported.elapsed() >= PROGRESS_INTERVAL {
+                reported = std::time::Instant::now();
+                let rate = (r.message_records + r.outcome_records) as f64
+                    / started.elapsed().as_secs_f64();
+                log::info!("recovery of {}: segment {done} of {total}, {} messages so far, {rate:.0} records/s", dir.display(), r.message_records);
+                log::logger().flush();
+            }
             r.max_number = r.max_number.max(number);
             let image = fs::read(&path)?;
             let seg = r.segments.len() as SegId;

@@ -471,6 +471,7 @@ fn snapshot(shard: &Shard, resolver: &Resolver) -> crate::metrics::ShardMetrics 
         log_bytes: log.bytes,
         fsync_us: Some(shard.log.sync_histogram()),
         store_us: Some(shard.store_us.borrow().clone()),
+        batch: Some(shard.log.batch_histogram()),
         delay_us: Some(shard.qmgr.delay_histogram()),
         dns_queries: dns.queries,
         dns_cache_hits: dns.cache_hits,
