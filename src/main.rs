@@ -493,33 +493,7 @@ fn queue(dir: &Path, action: QueueCmd) -> std::io::Result<ExitCode> {
         | QueueCmd::Delete { .. }
         | QueueCmd::Bounce { .. } => Ok(ExitCode::FAILURE),
         QueueCmd::Summary { json } => {
-            use ringpost::metrics::DomainSummary;
-            let mut domains: std::collections::BTreeMap<String, DomainSummary> =
-                std::collections::BTreeMap::new();
-            for e in &entries {
-                let mut seen: Vec<String> = Vec::new();
-                for (r, s) in e.message.envelope.recipients.iter().zip(&e.rcpt_states) {
-                    if s.is_final() {
-                        continue;
-                    }
-                    let d = r
-                        .address
-                        .rsplit_once('@')
-                        .map_or("", |(_, d)| d)
-                        .to_ascii_lowercase();
-                    let entry = domains.entry(d.clone()).or_default();
-                    entry.recipients += 1;
-                    if !seen.contains(&d) {
-                        seen.push(d);
-                        entry.add(&DomainSummary {
-                            messages: 1,
-                            recipients: 0,
-                            bytes: e.message.content_len,
-                            oldest_micros: e.message.arrival_micros,
-                        });
-                    }
-                }
-            }
+            let domains = ringpost::metrics::domains_of(entries.iter().copied());
             if json {
                 writeln!(
                     out,

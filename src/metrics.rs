@@ -82,6 +82,40 @@ impl Board {
     }
 }
 
+/// The live queue by destination domain: recipients not final, and the messages (with
+/// their bytes and oldest arrival) that have at least one there.
+pub fn domains_of<'a>(
+    entries: impl Iterator<Item = &'a crate::queue::index::Entry>,
+) -> BTreeMap<String, DomainSummary> {
+    let mut domains: BTreeMap<String, DomainSummary> = BTreeMap::new();
+    for e in entries {
+        let mut seen: Vec<String> = Vec::new();
+        for (r, s) in e.message.envelope.recipients.iter().zip(&e.rcpt_states) {
+            if s.is_final() {
+                continue;
+            }
+            let d = r
+                .address
+                .rsplit_once('@')
+                .map_or("", |(_, d)| d)
+                .to_ascii_lowercase();
+            let entry = domains.entry(d.clone()).or_default();
+            entry.recipients += 1;
+            if !seen.contains(&d) {
+                seen.push(d);
+                let m = &e.message;
+                entry.add(&DomainSummary {
+                    messages: 1,
+                    recipients: 0,
+                    bytes: m.content_len,
+                    oldest_micros: m.arrival_micros,
+                });
+            }
+        }
+    }
+    domains
+}
+
 /// The queue by domain, all shards together.
 pub fn summary(shards: &BTreeMap<usize, ShardMetrics>) -> BTreeMap<String, DomainSummary> {
     let mut all: BTreeMap<String, DomainSummary> = BTreeMap::new();

@@ -453,17 +453,23 @@ impl QueueManager {
         }
     }
 
+    /// What to remember of a message from its first report on: its recipients not final.
+    fn open_entry(&self, id: QueueId) -> Open {
+        let remaining = self.log.with_index(|ix| {
+            ix.get(id).map_or(0, |e| {
+                e.rcpt_states.iter().filter(|s| !s.is_final()).count()
+            })
+        });
+        Open {
+            remaining,
+            ..Open::default()
+        }
+    }
+
     /// Marks a recipient final; returns (not seen before, it was the last one).
     fn mark_final(&self, id: QueueId, index: u32) -> (bool, bool) {
         let mut open = self.open.borrow_mut();
-        let o = open.entry(id).or_insert_with(|| Open {
-            remaining: self.log.with_index(|ix| {
-                ix.get(id).map_or(0, |e| {
-                    e.rcpt_states.iter().filter(|s| !s.is_final()).count()
-                })
-            }),
-            ..Open::default()
-        });
+        let o = open.entry(id).or_insert_with(|| self.open_entry(id));
         if !o.finals.insert(index) {
             return (false, false);
         }
@@ -551,14 +557,7 @@ impl QueueManager {
         let wants = rcpt.is_some_and(|x| x.notify.is_none_or(|n| n & notify::DELAY != 0));
         let first = {
             let mut open = self.open.borrow_mut();
-            let o = open.entry(r.id).or_insert_with(|| Open {
-                remaining: self.log.with_index(|ix| {
-                    ix.get(r.id).map_or(0, |e| {
-                        e.rcpt_states.iter().filter(|s| !s.is_final()).count()
-                    })
-                }),
-                ..Open::default()
-            });
+            let o = open.entry(r.id).or_insert_with(|| self.open_entry(r.id));
             !std::mem::replace(&mut o.delay_warned, true)
         };
         if !wants || !first {

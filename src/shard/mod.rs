@@ -422,37 +422,17 @@ fn reload_policy(shard: &Shard, config: &Config) {
 
 /// This shard's counters and queue, read off its own state.
 fn snapshot(shard: &Shard, resolver: &Resolver) -> crate::metrics::ShardMetrics {
-    use crate::metrics::DomainSummary;
     let log = shard.log.stats();
     let d = shard.deliverer.stats.get();
     let dns = resolver.stats.get();
     let (open_out, sites) = shard.deliverer.gauges();
-    let mut domains: std::collections::BTreeMap<String, DomainSummary> =
-        std::collections::BTreeMap::new();
-    let (mut messages, mut bytes) = (0u64, 0u64);
-    shard.log.with_index(|ix| {
-        for e in ix.live() {
-            messages += 1;
-            bytes += e.message.content_len;
-            let mut seen: Vec<&str> = Vec::new();
-            for (r, s) in e.message.envelope.recipients.iter().zip(&e.rcpt_states) {
-                if s.is_final() {
-                    continue;
-                }
-                let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
-                let entry = domains.entry(domain.to_ascii_lowercase()).or_default();
-                entry.recipients += 1;
-                if !seen.contains(&domain) {
-                    seen.push(domain);
-                    entry.add(&DomainSummary {
-                        messages: 1,
-                        recipients: 0,
-                        bytes: e.message.content_len,
-                        oldest_micros: e.message.arrival_micros,
-                    });
-                }
-            }
-        }
+    let (messages, bytes, domains) = shard.log.with_index(|ix| {
+        let bytes = ix.live().map(|e| e.message.content_len).sum::<u64>();
+        (
+            ix.len() as u64,
+            bytes,
+            crate::metrics::domains_of(ix.live()),
+        )
     });
     crate::metrics::ShardMetrics {
         accepted: shard.accepted.get(),
