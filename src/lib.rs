@@ -15,3 +15,4 @@ pub mod shard;
 pub mod smtp;
 pub mod time;
 pub mod tls;
+pub mod tune;

@@ -121,6 +121,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Inspect this machine (cores, memory, the queue disk's fsync latency) and print a
+    /// suggested profile.
+    Tune {
+        /// Where the queue will live (its disk is measured); default the config's or ./ringpost-queue.
+        #[arg(long)]
+        queue_dir: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Manage SMTP AUTH users (salted argon2 hashes).
     User {
         #[command(subcommand)]
@@ -220,6 +229,35 @@ fn main() -> ExitCode {
             }
             Err(e) => config_error(&e),
         },
+        Cmd::Tune { queue_dir, config } => {
+            let dir = match queue_dir {
+                Some(d) => d,
+                None => match Config::load(config.as_deref()) {
+                    Ok(c) => c.queue.dir,
+                    Err(e) => return config_error(&e),
+                },
+            };
+            let cpus = allowed_cpus();
+            match ringpost::tune::measure_fsync(&dir) {
+                Ok((p50, p99)) => {
+                    let m = ringpost::tune::Machine {
+                        cores: cpus.len(),
+                        memory_bytes: ringpost::tune::memory_bytes(),
+                        fsync_p50: p50,
+                        fsync_p99: p99,
+                    };
+                    print!("{}", ringpost::tune::suggest(&m, &cpus));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!(
+                        "ringpost: tune: cannot measure fsync in {}: {e}",
+                        dir.display()
+                    );
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::User { action, users_file } => match users_file {
             Some(f) => match user(&f, action) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -101,3 +101,59 @@ fn queue_list_and_show() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn tuning_profiles_are_valid_configs() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_some_and(|x| x == "toml") {
+            let out = Command::new(binary())
+                .args(["check-config", "--config"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 5, "default plus the 2, 8, 32 and 64 core profiles");
+}
+
+#[test]
+fn tune_suggests_a_profile_for_this_machine() {
+    let dir = TempDir::new("tune");
+    let out = Command::new(binary())
+        .args(["tune", "--queue-dir"])
+        .arg(&dir.0)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("fsync p50") && text.contains("shards = ") && text.contains("cpus = ["),
+        "{text}"
+    );
+    let cfg = dir.0.join("suggested.toml");
+    std::fs::write(
+        &cfg,
+        format!("[[listen]]\naddr = \"127.0.0.1:2525\"\n{text}"),
+    )
+    .unwrap();
+    let check = Command::new(binary())
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}

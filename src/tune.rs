@@ -1,0 +1,142 @@
+//! `ringpost tune`: look at the machine (allowed cores, memory, the queue disk's fsync
+//! latency) and print a suggested `[tuning]`/limits profile, like the ones in `tuning/`.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// fsyncs measured on the queue disk.
+const FSYNC_SAMPLES: usize = 50;
+/// Bytes written before each of them (a small group commit).
+const FSYNC_WRITE_BYTES: usize = 4096;
+/// Memory set aside per idle session in the suggestion (read buffer + state).
+const SESSION_BYTES: u64 = 32 * 1024;
+
+/// What `tune` found.
+#[derive(Debug, Clone, Copy)]
+pub struct Machine {
+    pub cores: usize,
+    pub memory_bytes: u64,
+    pub fsync_p50: Duration,
+    pub fsync_p99: Duration,
+}
+
+/// write + fdatasync latency on `dir`'s file system.
+pub fn measure_fsync(dir: &Path) -> std::io::Result<(Duration, Duration)> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(".ringpost-tune-probe");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&path)?;
+    let block = vec![0x5Au8; FSYNC_WRITE_BYTES];
+    let mut samples = Vec::with_capacity(FSYNC_SAMPLES);
+    for _ in 0..FSYNC_SAMPLES {
+        let t = Instant::now();
+        f.write_all(&block)?;
+        f.sync_data()?;
+        samples.push(t.elapsed());
+    }
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    samples.sort();
+    Ok((
+        samples[samples.len() / 2],
+        samples[samples.len() * 99 / 100],
+    ))
+}
+
+pub fn memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// The suggested profile, as commented TOML.
+pub fn suggest(m: &Machine, cpus: &[usize]) -> String {
+    let shards = m.cores.max(1);
+    // A quarter of memory for idle sessions, spread over the shards.
+    let per_shard = (m.memory_bytes / 4 / SESSION_BYTES / shards as u64).clamp(1_000, 100_000);
+    let ring = (64 * shards).next_power_of_two().clamp(256, 4096);
+    // A slow disk (or many shards splitting the load) gains from a short commit window.
+    let window_us = match (m.fsync_p50.as_micros(), shards) {
+        (0..=200, 1..=16) => 0,
+        (0..=200, _) => 100,
+        (us, _) => (us / 4).min(1000),
+    };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# ringpost tune: {} cores, {} MiB memory, fsync p50 {} us / p99 {} us",
+        m.cores,
+        m.memory_bytes >> 20,
+        m.fsync_p50.as_micros(),
+        m.fsync_p99.as_micros()
+    );
+    if m.fsync_p50 < Duration::from_micros(20) {
+        let _ = writeln!(
+            s,
+            "# fsync under 20 us: a write-back cache without power-loss protection? A 250 is only"
+        );
+        let _ = writeln!(
+            s,
+            "# as durable as the disk's promise; check the disk before trusting it."
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n[server]\n# Sessions per shard: a quarter of memory at about {} KiB per idle session.",
+        SESSION_BYTES / 1024
+    );
+    let _ = writeln!(s, "max_connections = {per_shard}");
+    let _ = writeln!(s, "\n[queue]\n# Natural group commit when fsync is fast; a window of about a quarter of an fsync when not.");
+    let _ = writeln!(s, "commit_window = \"{window_us}us\"");
+    let _ = writeln!(
+        s,
+        "\n[delivery]\nmax_connections_per_host = {}",
+        (8 * shards).clamp(16, 64)
+    );
+    let _ = writeln!(
+        s,
+        "\n[tuning]\n# One shard per allowed core, pinned.\nshards = {shards}"
+    );
+    let list: Vec<String> = cpus.iter().take(shards).map(|c| c.to_string()).collect();
+    let _ = writeln!(s, "cpus = [{}]", list.join(", "));
+    let _ = writeln!(
+        s,
+        "ring_depth = {ring}\nio_memory_bytes = {}\nread_buffer_bytes = 16384",
+        (8u64 << 20) * (shards as u64).min(8)
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions_scale_and_parse() {
+        for (cores, fsync_us) in [(2, 300), (8, 80), (64, 50)] {
+            let m = Machine {
+                cores,
+                memory_bytes: 16 << 30,
+                fsync_p50: Duration::from_micros(fsync_us),
+                fsync_p99: Duration::from_micros(fsync_us * 3),
+            };
+            let cpus: Vec<usize> = (0..cores).collect();
+            let text = suggest(&m, &cpus);
+            let full = format!("[[listen]]\naddr = \"127.0.0.1:2525\"\n{text}");
+            let c = crate::config::Config::parse(&full, "tune")
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(c.tuning.shards, cores);
+            assert_eq!(c.tuning.cpus.len(), cores);
+        }
+    }
+}
