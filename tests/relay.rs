@@ -461,3 +461,82 @@ fn truncated_answers_go_over_tcp_and_cnames_are_followed() {
     r.wait_for("tcp@a.test");
     r.wait_for("alias@b.test");
 }
+
+/// Waits until the relay logged a deferral for `rcpt`; returns the log line.
+fn deferral_of(r: &Relay, rcpt: &str) -> String {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(l) = r
+            .server
+            .stderr()
+            .lines()
+            .find(|l| l.contains(&format!("to=<{rcpt}>")) && l.contains("status=deferred"))
+        {
+            return l.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{rcpt} never deferred:\n{}",
+            r.server.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn hostile_receivers_end_deferred_not_delivered() {
+    let r = Relay::start("", RELAY_POLICY, "data_timeout = \"1s\"\ncommand_timeout = \"5s\"\nretry_initial = \"1h\"\nretry_max = \"1h\"\n", &["--no-tls", "--slow-latency", "1500ms"]);
+    for rcpt in [
+        "hang@sink.test",
+        "disconnect@sink.test",
+        "garbage@sink.test",
+        "bye@sink.test",
+        "slow@sink.test",
+    ] {
+        send_one(
+            &r,
+            "s@sender.test",
+            &[rcpt],
+            format!("Subject: {rcpt}\r\n\r\nx\r\n").as_bytes(),
+        );
+    }
+    // Hangs after the content (the data timeout), drops the connection after the content
+    // and before the reply (the classic duplicate window), answers garbage, or says 421
+    // in the middle: all temporary.
+    assert!(deferral_of(&r, "hang@sink.test").contains("4.4.2"));
+    assert!(deferral_of(&r, "disconnect@sink.test").contains("4.4.2"));
+    assert!(deferral_of(&r, "garbage@sink.test").contains("4.4.2"));
+    assert!(deferral_of(&r, "bye@sink.test").contains("421 4.3.2"));
+    // Slow is not broken: it is delivered.
+    r.wait_for("slow@sink.test");
+    let s = r.wait_sink("messages", 1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        r.sink_stats()["messages"],
+        1,
+        "only the slow one was delivered: {s}"
+    );
+}
+
+#[test]
+fn hostile_dns_answers_are_not_believed() {
+    let zone = "junk.test GARBAGE\nforged.test WRONGID\nforged.test MX 10 mx.sink.test\nloop1.test CNAME loop2.test\nloop2.test CNAME loop1.test\n";
+    let r = Relay::start(
+        zone,
+        "[server]\nhostname = \"relay.test\"\n[policy]\nrelay_networks = [\"127.0.0.0/8\"]\n",
+        "retry_initial = \"1h\"\nretry_max = \"1h\"\n",
+        &[],
+    );
+    for rcpt in ["u@junk.test", "u@forged.test", "u@loop1.test"] {
+        send_one(&r, "s@sender.test", &[rcpt], b"Subject: dns\r\n\r\nx\r\n");
+    }
+    for rcpt in ["u@junk.test", "u@forged.test", "u@loop1.test"] {
+        let line = deferral_of(&r, rcpt);
+        assert!(line.contains("4.4.3"), "{line}");
+    }
+    assert_eq!(
+        r.sink_stats()["messages"],
+        0,
+        "a forged answer must not route mail"
+    );
+}

@@ -13,6 +13,8 @@
 //!   big.test       TRUNCATE        (UDP answers carry TC and no records)
 //!   slow.test      DELAY 2s        (before answering)
 //!   silent.test    DROP            (never answers)
+//!   junk.test      GARBAGE         (answers with bytes that are not DNS)
+//!   forged.test    WRONGID         (answers with another query id)
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, UdpSocket};
@@ -40,6 +42,8 @@ pub struct Zone {
     servfail: HashSet<String>,
     truncate: HashSet<String>,
     drop: HashSet<String>,
+    garbage: HashSet<String>,
+    wrong_id: HashSet<String>,
     delay: HashMap<String, Duration>,
     pub ttl: u32,
 }
@@ -115,6 +119,12 @@ impl Zone {
             "DROP" => {
                 self.drop.insert(name);
             }
+            "GARBAGE" => {
+                self.garbage.insert(name);
+            }
+            "WRONGID" => {
+                self.wrong_id.insert(name);
+            }
             "DELAY" => {
                 let d = rest
                     .first()
@@ -157,7 +167,12 @@ impl Zone {
         if self.drop.contains(&name) {
             return None;
         }
-        let mut resp = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+        let id = if self.wrong_id.contains(&name) {
+            query.metadata.id ^ 0x5A5A
+        } else {
+            query.metadata.id
+        };
+        let mut resp = Message::new(id, MessageType::Response, OpCode::Query);
         resp.metadata.recursion_desired = query.metadata.recursion_desired;
         resp.metadata.authoritative = true;
         resp.add_query(q.clone());
@@ -212,6 +227,13 @@ impl Zone {
             }
         }
         Some(resp)
+    }
+
+    fn garbage_for(&self, query: &Message) -> bool {
+        query
+            .queries
+            .first()
+            .is_some_and(|q| self.garbage.contains(&key(&q.name().to_ascii())))
     }
 
     fn delay_for(&self, query: &Message) -> Option<Duration> {
@@ -285,6 +307,12 @@ impl DnsServer {
                 glommio::spawn_local(async move {
                     if let Some(d) = me.zone.delay_for(&query) {
                         glommio::timer::sleep(d).await;
+                    }
+                    if me.zone.garbage_for(&query) {
+                        let _ = udp
+                            .send_to(b"\x12\x34 this is not a DNS message", peer)
+                            .await;
+                        return;
                     }
                     if let Some(resp) = me.zone.answer(&query, true) {
                         let bytes = match resp.to_vec() {

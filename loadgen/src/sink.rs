@@ -542,6 +542,11 @@ impl SinkSession<'_> {
         if local == "slow" {
             self.extra_delay += cfg.slow_latency;
         }
+        if local == "bye" {
+            // A receiver that gives up in the middle of the session.
+            c.rcpt_deferred.fetch_add(1, Ordering::Relaxed);
+            return self.reply("421 4.3.2 Service shutting down (bye@)");
+        }
         if cfg.fail_at == FailAt::Rcpt {
             let reject = cfg
                 .domain_reject
@@ -656,6 +661,13 @@ impl SinkSession<'_> {
         }
         if has("hang") {
             return Ok(Next::Hang);
+        }
+        if has("garbage") {
+            // Not an SMTP reply at all.
+            self.out
+                .extend_from_slice(b"\x00\xffgarbage without a code\r\n");
+            self.replies += 1;
+            return Ok(Next::Continue);
         }
         if has("reject-data") && !cfg.lmtp {
             c.data_rejected.fetch_add(1, Ordering::Relaxed);
