@@ -276,6 +276,16 @@ impl Resolver {
         Err(DnsError::CnameLoop)
     }
 
+    /// Feeds an arbitrary answer to the cache logic, as if it had come for its own first
+    /// question (for fuzzing the reply handling without sockets).
+    pub fn absorb_untrusted(&self, bytes: &[u8]) {
+        let Ok(m) = Message::from_vec(bytes) else {
+            return;
+        };
+        let Some(q) = m.queries.first() else { return };
+        let _ = self.absorb(q.name(), q.query_type(), &m);
+    }
+
     /// One question to the servers, in turn, `attempts` rounds; TCP when truncated.
     async fn query(&self, name: &Name, t: RecordType) -> Result<Message, DnsError> {
         let mut last = DnsError::Timeout;
