@@ -161,8 +161,9 @@ impl Drop for Mount {
     }
 }
 
-/// A full queue disk answers 452 4.3.1 (never 250), the session stays usable, and every
-/// message acknowledged before is intact. Needs root for the size-limited tmpfs.
+/// A full queue disk answers 452 4.3.1 (never 250), the session stays usable, accepting
+/// resumes when space returns, and every message acknowledged is intact. Needs root for
+/// the size-limited tmpfs.
 #[test]
 fn full_disk_answers_452_and_loses_nothing() {
     // SAFETY: geteuid has no preconditions.
@@ -174,13 +175,15 @@ fn full_disk_answers_452_and_loses_nothing() {
     let mnt = dir.0.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
         .arg(&mnt)
         .status()
         .unwrap();
     assert!(ok.success(), "mount tmpfs");
     let _mount = Mount(mnt.clone());
-    // Three 1 MiB segments do not fit in 3 MiB: the third preallocation fails.
+    // 4 MiB, of which a filler takes 1.5: the third 1 MiB segment does not fit.
+    let filler = mnt.join("filler");
+    std::fs::write(&filler, vec![0u8; 3 * 512 * 1024]).unwrap();
     let mut server = Server::start(&format!(
         "[tuning]\nshards = 1\n[queue]\ndir = \"{}\"\nsegment_bytes = 1048576\n",
         mnt.join("queue").display()
@@ -206,6 +209,13 @@ fn full_disk_answers_452_and_loses_nothing() {
     assert!(full.starts_with("452 4.3.1"), "{full}");
     assert!(!acked.is_empty());
     c.expect_cmd("NOOP", "250");
+    // Space comes back: the next message is accepted, on the same session.
+    std::fs::remove_file(&filler).unwrap();
+    acked.push(queued_id(&c.send_message(
+        "a@b.test",
+        &["x@relay.test"],
+        &body,
+    )));
     c.expect_cmd("QUIT", "221");
     server.kill9();
     let dirs = vec![mnt.join("queue").join("shard-0")];
