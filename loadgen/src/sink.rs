@@ -312,6 +312,29 @@ impl SinkSession<'_> {
         self.replies += 1;
     }
 
+    /// The failure rates for a domain (its own, or the global ones) say: reject
+    /// (Some(true)), defer (Some(false)), or accept (None).
+    fn rate_verdict(&mut self, domain: &str) -> Option<bool> {
+        let cfg = &self.sink.cfg;
+        let reject = cfg
+            .domain_reject
+            .get(domain)
+            .copied()
+            .unwrap_or(cfg.reject_rate);
+        let defer = cfg
+            .domain_defer
+            .get(domain)
+            .copied()
+            .unwrap_or(cfg.defer_rate);
+        if self.chance(reject) {
+            Some(true)
+        } else if self.chance(defer) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
     fn chance(&mut self, rate: f64) -> bool {
         rate > 0.0 && (self.rng.below(1 << 30) as f64) < rate * f64::from(1u32 << 30)
     }
@@ -548,21 +571,12 @@ impl SinkSession<'_> {
             return self.reply("421 4.3.2 Service shutting down (bye@)");
         }
         if cfg.fail_at == FailAt::Rcpt {
-            let reject = cfg
-                .domain_reject
-                .get(&domain)
-                .copied()
-                .unwrap_or(cfg.reject_rate);
-            let defer = cfg
-                .domain_defer
-                .get(&domain)
-                .copied()
-                .unwrap_or(cfg.defer_rate);
-            if self.chance(reject) {
+            let verdict = self.rate_verdict(&domain);
+            if verdict == Some(true) {
                 c.rcpt_rejected.fetch_add(1, Ordering::Relaxed);
                 return self.reply("550 5.1.1 Recipient rejected (reject rate)");
             }
-            if self.chance(defer) {
+            if verdict == Some(false) {
                 c.rcpt_deferred.fetch_add(1, Ordering::Relaxed);
                 return self.reply("451 4.2.0 Recipient deferred (defer rate)");
             }
@@ -686,22 +700,13 @@ impl SinkSession<'_> {
                 .and_then(|r| r.rsplit('@').next())
                 .unwrap_or_default()
                 .to_ascii_lowercase();
-            let reject = cfg
-                .domain_reject
-                .get(&domain)
-                .copied()
-                .unwrap_or(cfg.reject_rate);
-            let defer = cfg
-                .domain_defer
-                .get(&domain)
-                .copied()
-                .unwrap_or(cfg.defer_rate);
-            if self.chance(reject) {
+            let verdict = self.rate_verdict(&domain);
+            if verdict == Some(true) {
                 c.data_rejected.fetch_add(1, Ordering::Relaxed);
                 self.reply("554 5.6.0 Message rejected (reject rate)");
                 return Ok(Next::Continue);
             }
-            if self.chance(defer) {
+            if verdict == Some(false) {
                 c.data_deferred.fetch_add(1, Ordering::Relaxed);
                 self.reply("451 4.3.0 Message deferred (defer rate)");
                 return Ok(Next::Continue);
