@@ -330,28 +330,20 @@ impl<'c> Session<'c> {
                 State::Closed => return (input.len(), Event::Close),
                 State::Storing => return (used, Event::Message),
                 State::Paused => return (used, Event::NeedInput),
-                State::AuthPlain | State::AuthLoginUser | State::AuthLoginPassword => {
-                    match parser::frame(rest, self.cfg.line_bytes_max) {
-                        Ok(Frame::Incomplete) => return (used, Event::NeedInput),
-                        Ok(Frame::Line(line, n)) => {
-                            used += n;
-                            if let Some(event) = self.auth_line(line, out) {
-                                return (used, event);
-                            }
-                        }
-                        Err(e) => {
-                            let (n, _) = parser::skip_line(rest);
-                            used += n.max(1);
-                            self.state = State::Command;
-                            self.reject(e.reply(), out);
-                        }
-                    }
-                }
-                State::Command => match parser::frame(rest, self.cfg.line_bytes_max) {
+                // Commands and the lines of an AUTH exchange are framed alike.
+                State::Command
+                | State::AuthPlain
+                | State::AuthLoginUser
+                | State::AuthLoginPassword => match parser::frame(rest, self.cfg.line_bytes_max) {
                     Ok(Frame::Incomplete) => return (used, Event::NeedInput),
-                    Ok(Frame::Line(cmd, n)) => {
+                    Ok(Frame::Line(line, n)) => {
                         used += n;
-                        if let Some(event) = self.command(cmd, out) {
+                        let event = if self.state == State::Command {
+                            self.command(line, out)
+                        } else {
+                            self.auth_line(line, out)
+                        };
+                        if let Some(event) = event {
                             return (used, event);
                         }
                     }
@@ -363,6 +355,8 @@ impl<'c> Session<'c> {
                             parser::FrameError::BareLf { consumed } => (consumed, true),
                         };
                         used += n;
+                        // A bad line in an AUTH exchange ends the exchange too.
+                        self.state = State::Command;
                         self.reject(e.reply(), out);
                         if !complete && self.state == State::Command {
                             self.state = State::Drain;
