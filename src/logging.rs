@@ -37,24 +37,17 @@ impl log::Log for Logger {
         if !self.enabled(r.metadata()) {
             return;
         }
-        let text = r.args().to_string();
         // glommio probes io_uring poll support on every DmaFile open and logs the (normal)
         // failure on virtual disks as an error: it is not one.
-        if r.target().starts_with("glommio") && text.contains("iopoll") {
+        if r.target().starts_with("glommio") && r.args().to_string().contains("iopoll") {
             return;
         }
-        let level = r.level().as_str().to_ascii_lowercase();
-        let line = if self.json {
-            let micros = crate::time::unix_micros();
-            format!(
-                "{{\"ts\":{}.{:06},\"level\":\"{level}\",\"target\":{},\"msg\":{}}}\n",
-                micros / 1_000_000,
-                micros % 1_000_000,
-                serde_json::to_string(r.target()).unwrap_or_default(),
-                serde_json::to_string(&text).unwrap_or_default()
-            )
-        } else {
-            format!("ringpost: {level}: {text}\n")
+        let level = match r.level() {
+            log::Level::Error => "error",
+            log::Level::Warn => "warn",
+            log::Level::Info => "info",
+            log::Level::Debug => "debug",
+            log::Level::Trace => "trace",
         };
         let urgent = r.level() <= log::Level::Warn;
         BUFFER.with(|b| {
@@ -62,7 +55,23 @@ impl log::Log for Logger {
             if b.0.is_empty() {
                 b.1 = Instant::now();
             }
-            b.0.extend_from_slice(line.as_bytes());
+            // Formatted straight into the thread's buffer: no String per line (two lines
+            // per relayed message go through here).
+            if self.json {
+                let micros = crate::time::unix_micros();
+                let msg = r.args().to_string();
+                let _ = writeln!(
+                    b.0,
+                    "{{\"ts\":{}.{:06},\"level\":\"{}\",\"target\":{},\"msg\":{}}}",
+                    micros / 1_000_000,
+                    micros % 1_000_000,
+                    level,
+                    serde_json::to_string(r.target()).unwrap_or_default(),
+                    serde_json::to_string(&msg).unwrap_or_default()
+                );
+            } else {
+                let _ = writeln!(b.0, "ringpost: {level}: {}", r.args());
+            }
             if urgent || b.0.len() >= BUFFER_BYTES_MAX || b.1.elapsed() >= BUFFER_AGE_MAX {
                 write_out(&mut b.0);
             }
