@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The ringpost leg of ../shared/bench/vs-postfix.sh alone, for quick iterations:
+# smtp-source -> ringpost -> smtp-sink (static route), 3 runs, msgs/s and ringpost CPU per
+# message. Needs root (own network namespace) and Debian's postfix package for the tools.
+# Usage: benches/relay-only.sh [RINGPOST_BINARY]   Env: MSGS (10000) SESSIONS (50)
+#        SHARDS (0 = default), SERVE_ARGS, EXTRA (more TOML)
+set -u
+if [ -z "${VS_IN_NETNS:-}" ]; then exec unshare --net env VS_IN_NETNS=1 bash "$0" "$@"; fi
+ip link set lo up
+RINGPOST=$(realpath "${1:-./target/release/ringpost}")
+MSGS=${MSGS:-10000} SESSIONS=${SESSIONS:-50}
+TMP=$(mktemp -d /tmp/ringpost-relay-only.XXXXXX)
+cat >"$TMP/rp.toml" <<CF
+[server]
+hostname = "ringpost.bench.test"
+[[listen]]
+addr = "127.0.0.1:2528"
+[policy]
+relay_domains = ["sink.test"]
+relay_networks = ["127.0.0.0/8"]
+[queue]
+dir = "$TMP/q"
+[[route]]
+domain = "sink.test"
+smarthost = "127.0.0.1:2527"
+[tuning]
+shards = ${SHARDS:-0}
+${EXTRA:-}
+CF
+"$RINGPOST" serve --config "$TMP/rp.toml" ${SERVE_ARGS:-} >"$TMP/rp.log" 2>&1 & RP=$!
+up() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+up 2528
+sink_count() { tail -c 200 "$TMP/sink.out" 2>/dev/null | tr '\r' '\n' | grep mesg= | tail -1 | sed 's/.*mesg=\([0-9]*\).*/\1/'; }
+for r in 1 2 3; do
+  : >"$TMP/sink.out"
+  smtp-sink -u nobody -c 127.0.0.1:2527 4096 >"$TMP/sink.out" 2>/dev/null & S=$!
+  up 2527; sleep 0.2
+  c0=$(awk '{print $14+$15}' /proc/$RP/stat); t0=$(date +%s.%N)
+  smtp-source -d -s $SESSIONS -m $MSGS -l 1024 -M bench.test -f a@bench.test -t r@sink.test 127.0.0.1:2528 >/dev/null 2>&1 & SRC=$!
+  deadline=$((SECONDS + 120))
+  while [ $SECONDS -lt $deadline ]; do cnt=$(sink_count); [ "${cnt:-0}" -ge $MSGS ] && break; sleep 0.05; done
+  t1=$(date +%s.%N); c1=$(awk '{print $14+$15}' /proc/$RP/stat)
+  wait $SRC 2>/dev/null
+  kill $S; wait $S 2>/dev/null
+  echo "$t0 $t1 $MSGS $c0 $c1" | awk -v hz=$(getconf CLK_TCK) '{printf "ringpost: %.0f msgs/s, %.1f us CPU/msg\n", $3/($2-$1), 1e6*($5-$4)/hz/$3}'
+done
+kill $RP; wait $RP 2>/dev/null; tail -4 "$TMP/rp.log"; rm -rf "$TMP"
