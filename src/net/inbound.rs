@@ -301,14 +301,7 @@ impl Conn<'_> {
     }
 
     async fn read(&mut self, session: &Session<'_>) -> io::Result<Read> {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        } else if self.end == self.buf.len() {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
+        crate::net::stream::make_room(&mut self.buf, &mut self.start, &mut self.end);
         let limits = &self.shard.limits;
         let timeout = if session.in_content() {
             limits.data_timeout

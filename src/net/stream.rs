@@ -121,6 +121,19 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// Makes room at the end of a read buffer whose unread bytes are `buf[start..end]`:
+/// rewinds when all was read, moves the unread bytes to the front when the end is full.
+pub fn make_room(buf: &mut [u8], start: &mut usize, end: &mut usize) {
+    if start == end {
+        *start = 0;
+        *end = 0;
+    } else if *end == buf.len() {
+        buf.copy_within(*start..*end, 0);
+        *end -= *start;
+        *start = 0;
+    }
+}
+
 /// Read buffer size: a whole pipelined burst of replies or commands fits.
 pub const READ_BUFFER_BYTES: usize = 64 * 1024;
 
@@ -171,19 +184,12 @@ impl Conn {
 
     /// Reads more bytes into the buffer; Ok(false) at EOF.
     pub async fn fill(&mut self) -> io::Result<bool> {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        } else if self.end == self.buf.len() {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-            if self.end == self.buf.len() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "line longer than the read buffer",
-                ));
-            }
+        make_room(&mut self.buf, &mut self.start, &mut self.end);
+        if self.end == self.buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "line longer than the read buffer",
+            ));
         }
         let n = self.stream.read(&mut self.buf[self.end..]).await?;
         self.end += n;
