@@ -60,7 +60,6 @@ struct State {
     /// Messages staged: offset in `staging` and what the index will hold.
     new_messages: Vec<(usize, StoredMessage)>,
     new_outcomes: Vec<Outcome>,
-    staged_records: u64,
     active: Option<Active>,
     /// SegId -> file path.
     segments: Vec<PathBuf>,
@@ -144,7 +143,6 @@ impl Log {
                 ticket: Ticket::default(),
                 new_messages: Vec::new(),
                 new_outcomes: Vec::new(),
-                staged_records: 0,
                 active: None,
                 segments,
                 index,
@@ -198,8 +196,7 @@ impl Log {
         self.staged(st)
     }
 
-    fn staged(&self, mut st: std::cell::RefMut<'_, State>) -> Ticket {
-        st.staged_records += 1;
+    fn staged(&self, st: std::cell::RefMut<'_, State>) -> Ticket {
         let ticket = Rc::clone(&st.ticket);
         drop(st);
         self.kick.raise();
@@ -264,7 +261,8 @@ impl Log {
             let room = st.staging.len().max(STAGING_BYTES_MIN);
             let bytes = std::mem::replace(&mut st.staging, Vec::with_capacity(room));
             let ticket = std::mem::take(&mut st.ticket);
-            let records = std::mem::take(&mut st.staged_records);
+            // Every staged record is a new message or a new outcome.
+            let records = (st.new_messages.len() + st.new_outcomes.len()) as u64;
             (
                 bytes,
                 ticket,
