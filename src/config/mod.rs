@@ -86,8 +86,23 @@ pub struct Server {
     pub max_connections: u32,
     /// Open sessions from one client IP address, per shard.
     pub max_connections_per_ip: u32,
+    /// In message content, the slowest transfer allowed, in octets per second: each read
+    /// extends the content deadline by its length at this rate, never past
+    /// `data_timeout` from now (Postfix's `smtpd_min_data_rate`). 0: `data_timeout` per read.
+    pub min_data_rate: u32,
+    /// Wait this long before the greeting; a client that talks first gets `554 5.5.1`
+    /// (sendmail's greet_pause, postscreen's pregreet test). 0: greet at once.
+    #[serde(
+        deserialize_with = "duration::deserialize",
+        serialize_with = "duration::serialize"
+    )]
+    pub greet_pause: Duration,
     /// Errors (syntax, sequence, policy) one session may make before `421` and close.
     pub max_errors: u32,
+    /// NOOP, RSET, VRFY, EXPN, HELP and ETRN a session may send (since its last accepted
+    /// message) before each one more counts as an error (Postfix's
+    /// `smtpd_junk_command_limit`).
+    pub max_junk_commands: u32,
     /// Longest command line accepted, in octets including CRLF.
     pub command_line_bytes_max: usize,
 }
@@ -102,7 +117,10 @@ impl Default for Server {
             shutdown_grace: Duration::from_secs(10),
             max_connections: 10_000,
             max_connections_per_ip: 200,
+            min_data_rate: 500,
+            greet_pause: Duration::ZERO,
             max_errors: 10,
+            max_junk_commands: 100,
             command_line_bytes_max: COMMAND_LINE_BYTES_MIN,
         }
     }
@@ -483,6 +501,7 @@ impl Config {
             ("max_connections", s.max_connections),
             ("max_connections_per_ip", s.max_connections_per_ip),
             ("max_errors", s.max_errors),
+            ("max_junk_commands", s.max_junk_commands),
         ] {
             if v == 0 {
                 return Err(format!("[server] {key} must be at least 1"));

@@ -3,6 +3,7 @@
 //! go out in one write (PIPELINING); a message's 250 waits for the queue log's sync.
 
 use crate::net::stream::Stream;
+use crate::net::watchdog::Watch;
 use crate::queue::record::NewMessage;
 use crate::shard::Shard;
 use crate::smtp::session::{AuthResult, Event, ListenerMode, Session};
@@ -11,8 +12,9 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use std::io;
 use std::net::IpAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Pause after an accept error such as EMFILE, so a full fd table does not spin the shard.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
@@ -85,15 +87,20 @@ async fn serve(shard: Rc<Shard>, tcp: TcpStream, mode: ListenerMode) {
     let cfg = Rc::clone(&shard.session.borrow());
     let mut session = Session::with_mode(&cfg, peer.ip(), mode);
     let mut out = Vec::with_capacity(1024);
+    // Writes keep glommio's timeout (it costs nothing unless a write would block); reads
+    // are bounded by the shard's watchdog, per command rather than per read.
     let _ = tcp.set_write_timeout(Some(shard.limits.command_timeout));
-    let _ = tcp.set_read_timeout(Some(shard.limits.command_timeout));
+    let watch = shard.watchdog.register(tcp.as_raw_fd());
     let mut stream = Stream::Plain(tcp);
     if mode.implicit_tls {
         // smtps (RFC 8314): the handshake comes before the greeting.
         let Some(tls) = shard.tls.as_ref() else {
             return;
         };
-        stream = match stream.upgrade_server(tls.current()).await {
+        watch.arm(Instant::now() + shard.limits.command_timeout);
+        let upgraded = stream.upgrade_server(tls.current()).await;
+        watch.disarm();
+        stream = match upgraded {
             Ok(s) => s,
             Err(e) => {
                 log::debug!("shard {}: TLS handshake with {peer} failed: {e}", shard.id);
@@ -111,6 +118,21 @@ async fn serve(shard: Rc<Shard>, tcp: TcpStream, mode: ListenerMode) {
     if let Some(tcp) = stream.tcp() {
         let _ = tcp.set_nodelay(true);
     }
+    let pause = shard.limits.greet_pause;
+    if !pause.is_zero() && !mode.implicit_tls {
+        if let Some(tcp) = stream.tcp() {
+            if talks_first(tcp, pause).await {
+                log::warn!(
+                    "shard {}: {peer} talked before the greeting (greet_pause {pause:?})",
+                    shard.id
+                );
+                session.pregreet(&mut out);
+                let _ = stream.write_all(&out).await;
+                let _ = stream.close().await;
+                return;
+            }
+        }
+    }
     session.greeting(&mut out);
     if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
         return;
@@ -124,9 +146,16 @@ async fn serve(shard: Rc<Shard>, tcp: TcpStream, mode: ListenerMode) {
         received: Vec::with_capacity(256),
         peer_text: peer.ip().to_string(),
         stream,
+        watch,
+        deadline: Instant::now(),
+        in_content: false,
     };
     if let Err(e) = conn.run(&mut session, &mut out).await {
-        log::debug!("shard {}: session with {} ended: {e}", shard.id, peer);
+        if conn.watch.fired() {
+            session.timeout(&mut out);
+        } else {
+            log::debug!("shard {}: session with {} ended: {e}", shard.id, peer);
+        }
     }
     if !out.is_empty() {
         let _ = conn.stream.write_all(&out).await;
@@ -144,6 +173,24 @@ struct Conn<'s> {
     received: Vec<u8>,
     peer_text: String,
     stream: Stream,
+    watch: Watch,
+    /// When the command (or the content transfer) being read must be complete.
+    deadline: Instant,
+    /// The deadline in force is a content deadline.
+    in_content: bool,
+}
+
+/// greet_pause: true when the client sends anything before the pause is over.
+async fn talks_first(tcp: &TcpStream, pause: Duration) -> bool {
+    let mut probe = [0u8; 1];
+    future::or(
+        async { matches!(tcp.peek(&mut probe).await, Ok(n) if n > 0) },
+        async {
+            glommio::timer::sleep(pause).await;
+            false
+        },
+    )
+    .await
 }
 
 enum Read {
@@ -276,7 +323,11 @@ impl Conn<'_> {
             .as_ref()
             .ok_or_else(|| io::Error::other("no TLS configured"))?;
         let plain = std::mem::replace(&mut self.stream, Stream::Gone);
-        self.stream = plain.upgrade_server(tls.current()).await?;
+        self.watch
+            .arm(Instant::now() + self.shard.limits.command_timeout);
+        let upgraded = plain.upgrade_server(tls.current()).await;
+        self.watch.disarm();
+        self.stream = upgraded?;
         session.tls_started(self.stream.tls_info().unwrap_or_default());
         Ok(())
     }
@@ -300,17 +351,50 @@ impl Conn<'_> {
         session.auth_result(result, out);
     }
 
+    /// The deadline for the read about to start: a command must be complete within
+    /// `command_timeout` of its first byte's wait however it dribbles in; content must
+    /// keep up `min_data_rate` (see [`Conn::credit`]).
+    fn arm(&mut self, session: &Session<'_>) {
+        let limits = &self.shard.limits;
+        if session.in_content() {
+            if !self.in_content {
+                self.in_content = true;
+                self.deadline = Instant::now() + limits.data_timeout;
+            } else if limits.min_data_rate == 0 {
+                self.deadline = Instant::now() + limits.data_timeout;
+            }
+        } else if self.in_content || self.start == self.end {
+            self.in_content = false;
+            self.deadline = Instant::now() + limits.command_timeout;
+        }
+        self.watch.arm(self.deadline);
+    }
+
+    /// Content read: `n` octets buy `n / min_data_rate` seconds, up to `data_timeout`.
+    fn credit(&mut self, n: usize) {
+        let limits = &self.shard.limits;
+        if self.in_content && limits.min_data_rate > 0 {
+            let earned = Duration::from_secs_f64(n as f64 / f64::from(limits.min_data_rate));
+            let cap = Instant::now() + limits.data_timeout;
+            self.deadline = (self.deadline + earned).min(cap);
+        }
+    }
+
     async fn read(&mut self, session: &Session<'_>) -> io::Result<Read> {
         crate::net::stream::make_room(&mut self.buf, &mut self.start, &mut self.end);
-        let limits = &self.shard.limits;
-        let timeout = if session.in_content() {
-            limits.data_timeout
-        } else {
-            limits.command_timeout
-        };
-        if let Some(tcp) = self.stream.tcp() {
-            tcp.set_read_timeout(Some(timeout))?;
+        self.arm(session);
+        let r = self.read_armed(session).await;
+        self.watch.disarm();
+        if self.watch.fired() {
+            return Ok(Read::Timeout);
         }
+        if let Ok(Read::Bytes(n)) = r {
+            self.credit(n);
+        }
+        r
+    }
+
+    async fn read_armed(&mut self, session: &Session<'_>) -> io::Result<Read> {
         let stream = &mut self.stream;
         // Between transactions a drain ends the session at once; inside one it may finish
         // until the grace period is over.
@@ -329,7 +413,6 @@ impl Conn<'_> {
             None => Ok(Read::ShuttingDown),
             Some(Ok(0)) => Ok(Read::Eof),
             Some(Ok(n)) => Ok(Read::Bytes(n)),
-            Some(Err(e)) if e.kind() == io::ErrorKind::TimedOut => Ok(Read::Timeout),
             Some(Err(e)) => Err(e),
         }
     }

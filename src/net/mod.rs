@@ -3,3 +3,4 @@
 pub mod admin;
 pub mod inbound;
 pub mod stream;
+pub mod watchdog;

@@ -9,6 +9,7 @@ use crate::config::{Config, ListenKind};
 use crate::deliver::qmgr::QueueManager;
 use crate::deliver::{Deliverer, DeliveryStats, Mail};
 use crate::net::inbound;
+use crate::net::watchdog::Watchdog;
 use crate::queue::log::{Log, LogSettings, LogStats, RecoveryReport};
 use crate::queue::recovery;
 use crate::route::dns::{self, Resolver};
@@ -42,6 +43,8 @@ pub struct Limits {
     pub command_timeout: Duration,
     pub data_timeout: Duration,
     pub shutdown_grace: Duration,
+    pub min_data_rate: u32,
+    pub greet_pause: Duration,
     pub read_buffer_bytes: usize,
 }
 
@@ -66,6 +69,8 @@ pub struct Shard {
     pub tls: Option<Arc<crate::tls::Reloadable>>,
     pub auth: Option<crate::auth::Authenticator>,
     pub board: Arc<crate::metrics::Board>,
+    /// Session deadlines (command and content timeouts).
+    pub watchdog: Rc<Watchdog>,
     /// Messages accepted (stored and answered 250).
     pub accepted: Cell<u64>,
     /// End of content to 250, microseconds.
@@ -311,6 +316,8 @@ async fn shard_main(place: Place, inputs: Inputs) -> Option<Finished> {
             command_timeout: s.command_timeout,
             data_timeout: s.data_timeout,
             shutdown_grace: s.shutdown_grace,
+            min_data_rate: s.min_data_rate,
+            greet_pause: s.greet_pause,
             read_buffer_bytes: config.tuning.read_buffer_bytes,
         },
         log: Rc::clone(&log),
@@ -333,9 +340,13 @@ async fn shard_main(place: Place, inputs: Inputs) -> Option<Finished> {
             _ => None,
         },
         board: Arc::clone(&shared.board),
+        watchdog: Rc::default(),
         accepted: Cell::new(0),
         store_us: RefCell::new(crate::queue::log::sync_histogram()),
     });
+    let sweeper = glommio::spawn_local(Rc::clone(&shard.watchdog).run(
+        crate::net::watchdog::sweep_interval(&[s.command_timeout, s.data_timeout]),
+    ));
     let publisher = glommio::spawn_local(publish_metrics(
         Rc::clone(&shard),
         Rc::clone(&resolver),
@@ -374,6 +385,7 @@ async fn shard_main(place: Place, inputs: Inputs) -> Option<Finished> {
         a.await;
     }
     drop(publisher);
+    drop(sweeper);
     qmgr.stop();
     deliverer.stop(shard.limits.shutdown_grace).await;
     retries.await;

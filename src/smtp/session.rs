@@ -21,6 +21,7 @@ pub struct SessionConfig {
     pub hostname: String,
     pub postmaster: String,
     pub max_errors: u32,
+    pub max_junk_commands: u32,
     pub line_bytes_max: usize,
     pub policy: Policy,
     /// `[tls]` is configured: STARTTLS can be offered.
@@ -40,6 +41,7 @@ impl SessionConfig {
             hostname: c.server.hostname.clone(),
             postmaster: c.server.postmaster.clone(),
             max_errors: c.server.max_errors,
+            max_junk_commands: c.server.max_junk_commands,
             line_bytes_max: c.server.command_line_bytes_max,
             policy: Policy::from_config(c),
             tls: c.tls.is_some(),
@@ -166,6 +168,8 @@ pub struct Session<'c> {
     bare: ChunkCheck,
     bdat_over_limit: bool,
     errors: u32,
+    /// NOOP, RSET, VRFY, EXPN, HELP and ETRN since the last accepted message.
+    junk: u32,
     etrn_node: String,
     mode: ListenerMode,
     /// The TLS protocol and cipher, once TLS is up.
@@ -208,6 +212,7 @@ impl<'c> Session<'c> {
             bare: ChunkCheck::default(),
             bdat_over_limit: false,
             errors: 0,
+            junk: 0,
             etrn_node: String::new(),
             mode,
             tls: mode.implicit_tls.then(String::new),
@@ -240,7 +245,31 @@ impl<'c> Session<'c> {
             out,
             format_args!("421 4.4.2 {} Error: timeout exceeded", self.cfg.hostname),
         );
+        self.tally("421 4.4.2");
         self.state = State::Closed;
+    }
+
+    /// The client sent something during greet_pause; the caller closes after writing it.
+    pub fn pregreet(&mut self, out: &mut Vec<u8>) {
+        line(
+            out,
+            format_args!(
+                "554 5.5.1 {} Protocol error: talked before the greeting",
+                self.cfg.hostname
+            ),
+        );
+        self.tally("554 5.5.1");
+        self.state = State::Closed;
+    }
+
+    /// Counts a refusal by its code, for the metrics.
+    fn tally(&self, code: &str) {
+        *self
+            .cfg
+            .refusals
+            .borrow_mut()
+            .entry(code.to_string())
+            .or_default() += 1;
     }
 
     pub fn shutting_down(&mut self, out: &mut Vec<u8>) {
@@ -414,7 +443,10 @@ impl<'c> Session<'c> {
         debug_assert_eq!(self.state, State::Storing);
         self.state = State::Command;
         match result {
-            Ok(id) => line(out, format_args!("250 2.0.0 Ok: queued as {id}")),
+            Ok(id) => {
+                self.junk = 0;
+                line(out, format_args!("250 2.0.0 Ok: queued as {id}"));
+            }
             Err(StoreError::NoSpace) => {
                 line(out, format_args!("452 4.3.1 Insufficient system storage"))
             }
@@ -445,13 +477,12 @@ impl<'c> Session<'c> {
     /// Writes an error reply and counts it; past `max_errors` the session ends.
     fn reject(&mut self, reply: &str, out: &mut Vec<u8>) {
         line(out, format_args!("{reply}"));
-        let code = reply.get(..9).unwrap_or(reply);
-        *self
-            .cfg
-            .refusals
-            .borrow_mut()
-            .entry(code.to_string())
-            .or_default() += 1;
+        self.tally(reply.get(..9).unwrap_or(reply));
+        self.count_error(out);
+    }
+
+    /// One more error; at `max_errors` the session ends with `421`.
+    fn count_error(&mut self, out: &mut Vec<u8>) {
         self.errors += 1;
         if self.errors >= self.cfg.max_errors {
             line(
@@ -475,6 +506,25 @@ impl<'c> Session<'c> {
                 return self.closing();
             }
         };
+        if matches!(
+            cmd,
+            Command::Noop
+                | Command::Rset
+                | Command::Vrfy(_)
+                | Command::Expn(_)
+                | Command::Help
+                | Command::Etrn(_)
+        ) {
+            // A flood of harmless commands is still a flood: past the limit each one
+            // counts as an error, and the one that reaches max_errors ends the session.
+            self.junk += 1;
+            if self.junk > self.cfg.max_junk_commands {
+                self.count_error(out);
+                if let Some(close) = self.closing() {
+                    return Some(close);
+                }
+            }
+        }
         match cmd {
             Command::Ehlo(name) => self.hello(name, true, out),
             Command::Helo(name) => self.hello(name, false, out),
