@@ -97,6 +97,8 @@ struct SiteQueue {
     work: Notify,
     connections: Cell<u32>,
     idle: Cell<u32>,
+    /// Connections opened so far: which equal-preference host the next one starts at.
+    opened: Cell<usize>,
 }
 
 /// Counters for the operator.
@@ -170,6 +172,7 @@ impl Deliverer {
                     work: Notify::default(),
                     connections: Cell::new(0),
                     idle: Cell::new(0),
+                    opened: Cell::new(0),
                 })
             }))
         };
@@ -250,7 +253,9 @@ impl Deliverer {
     }
 
     async fn connection(self: Rc<Self>, sq: Rc<SiteQueue>) {
-        match self.open(&sq.site).await {
+        let turn = sq.opened.get();
+        sq.opened.set(turn.wrapping_add(1));
+        match self.open(&sq.site, turn).await {
             Err(reason) => {
                 // No host of the site can be reached: everything waiting for it is deferred.
                 let jobs: Vec<Job> = sq.ready.borrow_mut().drain(..).collect();
@@ -323,12 +328,12 @@ impl Deliverer {
 
     /// Connects to the first host of the site that answers with 2xx, says EHLO (HELO if
     /// refused), and upgrades with STARTTLS when offered.
-    async fn open(&self, site: &Site) -> Result<Outbound, String> {
+    async fn open(&self, site: &Site, turn: usize) -> Result<Outbound, String> {
         let mut last = format!(
             "451 4.4.1 no host of {} could be reached",
             site.hosts.join(", ")
         );
-        for host in &site.hosts {
+        for host in site.connection_order(turn) {
             let ips = match self.resolver.addresses(host).await {
                 Ok(Answer::Records(r)) => dns::ips(&r),
                 Ok(_) => {

@@ -26,17 +26,35 @@ pub struct Site {
     pub key: String,
     /// Hosts in preference order (ties in random order).
     pub hosts: Vec<String>,
+    /// `hosts[..peers]` share the best preference: each new connection starts at the
+    /// next of them in turn, so equal-preference MX hosts (a fleet) share the load.
+    pub peers: usize,
     pub port: u16,
     pub protocol: Protocol,
     pub tls: OutboundTls,
 }
 
 impl Site {
-    fn new(mut hosts: Vec<String>, port: u16, protocol: Protocol, tls: OutboundTls) -> Site {
+    fn new(hosts: Vec<String>, port: u16, protocol: Protocol, tls: OutboundTls) -> Site {
+        let n = hosts.len();
+        Site::with_preferences(hosts.into_iter().zip(0..n as u16), port, protocol, tls)
+    }
+
+    /// Hosts with their MX preferences, already in the order to try them.
+    fn with_preferences(
+        ranked: impl IntoIterator<Item = (String, u16)>,
+        port: u16,
+        protocol: Protocol,
+        tls: OutboundTls,
+    ) -> Site {
+        let mut ranked: Vec<(String, u16)> = ranked.into_iter().collect();
+        ranked.dedup_by(|a, b| a.0 == b.0);
+        let best = ranked.first().map(|r| r.1);
+        let peers = ranked.iter().take_while(|r| Some(r.1) == best).count();
+        let hosts: Vec<String> = ranked.into_iter().map(|r| r.0).collect();
         let mut sorted = hosts.clone();
         sorted.sort();
         sorted.dedup();
-        hosts.dedup();
         let proto = match protocol {
             Protocol::Smtp => "smtp",
             Protocol::Lmtp => "lmtp",
@@ -49,10 +67,21 @@ impl Site {
         Site {
             key: format!("{proto}:{}:{port}:{tls_key}", sorted.join(",")),
             hosts,
+            peers,
             port,
             protocol,
             tls,
         }
+    }
+
+    /// The hosts to try for the `turn`th connection: the best-preference peers rotated
+    /// by `turn`, then the rest in order.
+    pub fn connection_order(&self, turn: usize) -> impl Iterator<Item = &str> {
+        let peers = self.peers.max(1);
+        (0..self.hosts.len()).map(move |i| {
+            let j = if i < peers { (i + turn) % peers } else { i };
+            self.hosts[j].as_str()
+        })
     }
 
     /// The shard that owns this site: FNV-1a of the key, so every shard agrees.
@@ -151,8 +180,8 @@ impl Router {
         }
         let hosts = self.mx_hosts(&domain).await?;
         self.check_loop(&domain, &hosts).await?;
-        Ok(Arc::new(Site::new(
-            hosts.into_iter().map(|(_, h)| h).collect(),
+        Ok(Arc::new(Site::with_preferences(
+            hosts.into_iter().map(|(p, h)| (h, p)),
             self.port,
             Protocol::Smtp,
             tls,
@@ -270,6 +299,26 @@ mod tests {
             "preference order kept"
         );
         assert_eq!(a.owner(7), b.owner(7));
+        assert_eq!(a.peers, 1, "a fixed order has no peers");
+        let fleet = Site::with_preferences(
+            [
+                ("a.test".into(), 10),
+                ("b.test".into(), 10),
+                ("c.test".into(), 20),
+            ],
+            25,
+            Protocol::Smtp,
+            OutboundTls::None,
+        );
+        assert_eq!(fleet.peers, 2);
+        assert_eq!(
+            fleet.connection_order(1).collect::<Vec<_>>(),
+            ["b.test", "a.test", "c.test"]
+        );
+        assert_eq!(
+            fleet.connection_order(2).collect::<Vec<_>>(),
+            ["a.test", "b.test", "c.test"]
+        );
         let c = Site::new(
             vec!["mx1.test".into()],
             24,
