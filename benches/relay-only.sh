@@ -35,13 +35,13 @@ for r in 1 2 3; do
   : >"$TMP/sink.out"
   smtp-sink -u nobody -c 127.0.0.1:2527 4096 >"$TMP/sink.out" 2>/dev/null & S=$!
   up 2527; sleep 0.2
-  c0=$(awk '{print $14+$15}' /proc/$RP/stat); t0=$(date +%s.%N)
+  read -r u0 s0 < <(awk '{print $14, $15}' /proc/$RP/stat); t0=$(date +%s.%N)
   smtp-source -d -s $SESSIONS -m $MSGS -l 1024 -M bench.test -f a@bench.test -t r@sink.test 127.0.0.1:2528 >/dev/null 2>&1 & SRC=$!
   deadline=$((SECONDS + 120))
   while [ $SECONDS -lt $deadline ]; do cnt=$(sink_count); [ "${cnt:-0}" -ge $MSGS ] && break; sleep 0.05; done
-  t1=$(date +%s.%N); c1=$(awk '{print $14+$15}' /proc/$RP/stat)
+  t1=$(date +%s.%N); read -r u1 s1 < <(awk '{print $14, $15}' /proc/$RP/stat)
   wait $SRC 2>/dev/null
   kill $S; wait $S 2>/dev/null
-  echo "$t0 $t1 $MSGS $c0 $c1" | awk -v hz=$(getconf CLK_TCK) '{printf "ringpost: %.0f msgs/s, %.1f us CPU/msg\n", $3/($2-$1), 1e6*($5-$4)/hz/$3}'
+  echo "$t0 $t1 $MSGS $u0 $u1 $s0 $s1" | awk -v hz=$(getconf CLK_TCK) '{u=1e6*($5-$4)/hz/$3; k=1e6*($7-$6)/hz/$3; printf "ringpost: %.0f msgs/s, %.1f us CPU/msg (user %.1f, kernel %.1f)\n", $3/($2-$1), u+k, u, k}'
 done
 kill $RP; wait $RP 2>/dev/null; tail -4 "$TMP/rp.log"; rm -rf "$TMP"

@@ -59,6 +59,9 @@ pub fn memory_bytes() -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
+/// Up to this fsync latency a commit's fdatasync runs on the shard's own thread.
+const SYNC_INLINE_FSYNC_MAX: Duration = Duration::from_millis(1);
+
 /// The suggested profile, as commented TOML.
 pub fn suggest(m: &Machine, cpus: &[usize]) -> String {
     let shards = m.cores.max(1);
@@ -98,6 +101,18 @@ pub fn suggest(m: &Machine, cpus: &[usize]) -> String {
     let _ = writeln!(s, "max_connections = {per_shard}");
     let _ = writeln!(s, "\n[queue]\n# Natural group commit when fsync is fast; a window of about a quarter of an fsync when not.");
     let _ = writeln!(s, "commit_window = \"{window_us}us\"");
+    let (sync, why) = if m.fsync_p50 <= SYNC_INLINE_FSYNC_MAX {
+        (
+            "inline",
+            "fsync is fast: the shard waits for it rather than for a worker thread",
+        )
+    } else {
+        (
+            "ring",
+            "fsync is slow: the shard keeps working while an io_uring worker waits",
+        )
+    };
+    let _ = writeln!(s, "# {why}.\nsync = \"{sync}\"");
     let _ = writeln!(
         s,
         "\n[delivery]\nmax_connections_per_host = {}",
@@ -123,7 +138,7 @@ mod tests {
 
     #[test]
     fn suggestions_scale_and_parse() {
-        for (cores, fsync_us) in [(2, 300), (8, 80), (64, 50)] {
+        for (cores, fsync_us) in [(2, 300), (8, 80), (64, 50), (32, 5000)] {
             let m = Machine {
                 cores,
                 memory_bytes: 16 << 30,
@@ -137,6 +152,12 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}\n{text}"));
             assert_eq!(c.tuning.shards, cores);
             assert_eq!(c.tuning.cpus.len(), cores);
+            let want = if fsync_us <= 1000 {
+                crate::config::SyncMode::Inline
+            } else {
+                crate::config::SyncMode::Ring
+            };
+            assert_eq!(c.queue.sync, want);
         }
     }
 }

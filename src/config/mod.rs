@@ -240,6 +240,19 @@ pub struct Queue {
     pub commit_window: Duration,
     /// Largest batch written with one write and one fdatasync.
     pub commit_bytes_max: usize,
+    /// Where a commit's fdatasync runs: `inline` on the shard's own thread (the shard
+    /// waits, as the sessions of the batch do anyway); `ring` through io_uring, whose
+    /// worker thread shares the shard's core and waits behind it when the shard is busy.
+    /// Inline wins when fsync is fast (SSD, NVMe, a battery-backed cache); ring keeps a
+    /// shard working through a slow one (`ringpost tune` suggests one).
+    pub sync: SyncMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    Inline,
+    Ring,
 }
 
 impl Default for Queue {
@@ -249,6 +262,7 @@ impl Default for Queue {
             segment_bytes: 64 * 1024 * 1024,
             commit_window: Duration::ZERO,
             commit_bytes_max: 4 * 1024 * 1024,
+            sync: SyncMode::Inline,
         }
     }
 }

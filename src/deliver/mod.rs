@@ -266,9 +266,12 @@ impl Deliverer {
             Ok(mut out) => {
                 self.count(|s| s.connections += 1);
                 let mut sent = 0u32;
-                while let Some(job) = self.next_job(&sq).await {
+                while let Some((job, waited)) = self.next_job(&sq).await {
                     self.busy.set(self.busy.get() + 1);
-                    let done = self.transaction(&mut out, job, sent > 0).await;
+                    // A connection that sat idle (after a message, or after its EHLO) may
+                    // have been closed by the other side meanwhile.
+                    let cached = sent > 0 || waited;
+                    let done = self.transaction(&mut out, job, cached).await;
                     self.busy.set(self.busy.get() - 1);
                     self.idle_changed.notify_all();
                     sent += 1;
@@ -304,15 +307,18 @@ impl Deliverer {
         }
     }
 
-    /// The next job for a connection of this site, waiting up to `idle_timeout`.
-    async fn next_job(&self, sq: &SiteQueue) -> Option<Job> {
+    /// The next job for a connection of this site, waiting up to `idle_timeout`; true
+    /// when the connection had to wait for it.
+    async fn next_job(&self, sq: &SiteQueue) -> Option<(Job, bool)> {
+        let mut waited = false;
         loop {
             if self.stopping.get() {
                 return None;
             }
             if let Some(job) = sq.ready.borrow_mut().pop_front() {
-                return Some(job);
+                return Some((job, waited));
             }
+            waited = true;
             sq.idle.set(sq.idle.get() + 1);
             let woke = glommio::timer::timeout(self.cfg.idle_timeout, async {
                 sq.work.notified().await;
@@ -485,9 +491,9 @@ impl Deliverer {
         Ok(f)
     }
 
-    /// One message over an open connection; `reused` when the connection carried others
-    /// before (it may have died while idle).
-    async fn transaction(&self, out: &mut Outbound, job: Job, reused: bool) -> Done {
+    /// One message over an open connection; `cached` when the connection sat idle before
+    /// it (it may have died meanwhile: then the job goes back for a fresh connection).
+    async fn transaction(&self, out: &mut Outbound, job: Job, cached: bool) -> Done {
         self.count(|s| s.transactions += 1);
         let env = OutEnvelope {
             sender: &job.sender,
@@ -549,7 +555,7 @@ impl Deliverer {
             out.remote
         ));
         let result = self.drive(out, &env, &rcpts, &mut tx, &content).await;
-        if result.is_err() && reused && tx.untouched() {
+        if result.is_err() && cached && tx.untouched() {
             drop(rcpts);
             return Done::Stale(Box::new(job));
         }
@@ -604,13 +610,22 @@ impl Deliverer {
                 Step::SendData => out.conn.send(b"DATA\r\n").await?,
                 Step::SendContent => {
                     out.set_timeout(self.cfg.data_timeout);
-                    out.conn.send(content).await?;
                     let end: &[u8] = if content.is_empty() || content.ends_with(b"\r\n") {
                         b".\r\n"
                     } else {
                         b"\r\n.\r\n"
                     };
-                    out.conn.send(end).await?;
+                    if content.len() <= COALESCE_CONTENT_BYTES_MAX {
+                        // One write, one segment on the wire: a copy of a few KiB costs
+                        // less than a second send(2).
+                        buf.clear();
+                        buf.extend_from_slice(content);
+                        buf.extend_from_slice(end);
+                        out.conn.send(&buf).await?;
+                    } else {
+                        out.conn.send(content).await?;
+                        out.conn.send(end).await?;
+                    }
                 }
                 Step::SendEmpty => out.conn.send(b".\r\n").await?,
                 Step::Done { clean } => {
@@ -621,6 +636,9 @@ impl Deliverer {
         }
     }
 }
+
+/// Content up to this size goes out with its terminating dot in one write.
+const COALESCE_CONTENT_BYTES_MAX: usize = 64 * 1024;
 
 /// How a transaction left its connection.
 enum Done {

@@ -250,6 +250,7 @@ async fn shard_main(place: Place, inputs: Inputs) -> Option<Finished> {
         segment_bytes: config.queue.segment_bytes,
         commit_window: config.queue.commit_window,
         commit_bytes_max: config.queue.commit_bytes_max,
+        sync: config.queue.sync,
     };
     let (log, report) = match Log::open(k, &dirs, settings) {
         Ok(x) => x,
