@@ -45,6 +45,7 @@ pub struct ShardMetrics {
     pub connections_out: u64,
     pub outbound_connections: u64,
     pub transactions: u64,
+    pub chained: u64,
     pub delivered: u64,
     pub deferred: u64,
     pub failed: u64,
@@ -198,6 +199,12 @@ pub fn render(shards: &BTreeMap<usize, ShardMetrics>) -> String {
         "outbound_transactions",
         "Outbound transactions",
         each(|m| m.transactions),
+    );
+    counter(
+        &mut reg,
+        "outbound_chained",
+        "Outbound transactions whose envelope went out behind the previous message's content",
+        each(|m| m.chained),
     );
     gauge(
         &mut reg,

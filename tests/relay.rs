@@ -540,3 +540,59 @@ fn hostile_dns_answers_are_not_believed() {
         "a forged answer must not route mail"
     );
 }
+
+#[test]
+fn a_message_chained_behind_a_dropped_one_is_delivered_not_deferred() {
+    // One connection for the site: while it delivers, the rest wait, and each content
+    // goes out with the next message's envelope behind it (RFC 2920 3.1).
+    let r = Relay::start(
+        "",
+        RELAY_POLICY,
+        "max_connections_per_host = 1\nretry_initial = \"1h\"\nretry_max = \"1h\"\n",
+        &["--no-tls", "--slow-latency", "500ms"],
+    );
+    let mut c = r.server.connect();
+    c.greet();
+    const N: usize = 20;
+    for i in 0..N {
+        // The first is answered slowly: the rest queue up behind it meanwhile.
+        let rcpt = match i {
+            0 => "slow@sink.test".to_string(),
+            _ if i == N / 2 => "disconnect@sink.test".to_string(),
+            _ => format!("u{i}@sink.test"),
+        };
+        let body = format!("Subject: chain {i}\r\n\r\nx\r\n");
+        let reply = c.send_message("s@sender.test", &[&rcpt], body.as_bytes());
+        assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    }
+    c.expect_cmd("QUIT", "221");
+    // The sink drops the connection after the dropped message's content, before its
+    // reply: that message is deferred (the duplicate window). The message whose envelope
+    // rode behind it got no reply at all: it goes again on a fresh connection.
+    assert!(deferral_of(&r, "disconnect@sink.test").contains("4.4.2"));
+    let s = r.wait_sink("messages", N as u64 - 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let deferred = r.server.stderr().matches("status=deferred").count();
+    assert_eq!(
+        deferred,
+        1,
+        "only the dropped message waits: {}",
+        r.server.stderr()
+    );
+    assert_eq!(r.sink_stats()["messages"], N as u64 - 1, "{s}");
+    assert_eq!(r.sink_stats()["duplicates"].as_u64().unwrap_or(0), 0);
+    let mut r = r;
+    assert!(r.server.terminate().success());
+    let chained: u64 = r
+        .server
+        .stderr()
+        .lines()
+        .filter_map(|l| l.split(" transactions (").nth(1))
+        .filter_map(|rest| rest.split(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        chained > 0,
+        "no envelope rode behind a content: {}",
+        r.server.stderr()
+    );
+}

@@ -106,6 +106,8 @@ struct SiteQueue {
 pub struct DeliveryStats {
     pub connections: u64,
     pub transactions: u64,
+    /// Transactions whose envelope went out behind the previous message's content.
+    pub chained: u64,
     pub delivered: u64,
     pub deferred: u64,
     pub failed: u64,
@@ -266,27 +268,53 @@ impl Deliverer {
             Ok(mut out) => {
                 self.count(|s| s.connections += 1);
                 let mut sent = 0u32;
-                while let Some((job, waited)) = self.next_job(&sq).await {
+                // A message whose envelope already went out behind the previous content.
+                let mut chained: Option<Prepared> = None;
+                loop {
+                    let (prepared, cached, presented) = match chained.take() {
+                        Some(p) => (p, false, true),
+                        None => {
+                            let Some((job, waited)) = self.next_job(&sq).await else {
+                                break;
+                            };
+                            let Some(p) = self.prepare(&out, job).await else {
+                                continue;
+                            };
+                            // A connection that sat idle (after a message, or after its
+                            // EHLO) may have been closed by the other side meanwhile.
+                            (p, sent > 0 || waited, false)
+                        }
+                    };
                     self.busy.set(self.busy.get() + 1);
-                    // A connection that sat idle (after a message, or after its EHLO) may
-                    // have been closed by the other side meanwhile.
-                    let cached = sent > 0 || waited;
-                    let done = self.transaction(&mut out, job, cached).await;
+                    let chain = (out.caps.pipelining
+                        && !out.lmtp
+                        && sent + 1 < self.cfg.max_messages_per_connection)
+                        .then_some(&*sq);
+                    let done = self
+                        .transaction(&mut out, prepared, cached, presented, chain)
+                        .await;
                     self.busy.set(self.busy.get() - 1);
                     self.idle_changed.notify_all();
                     sent += 1;
                     let usable = match done {
                         Done::Usable => true,
                         Done::Broken => false,
+                        Done::Chained(next) => {
+                            chained = Some(*next);
+                            true
+                        }
                         Done::Stale(job) => {
-                            // The cached connection had died while idle; the job never
-                            // reached the next hop: it goes first on a fresh connection.
+                            // The job never reached the next hop (the cached connection
+                            // had died, or broke before the job's first reply): it goes
+                            // first on a fresh connection.
                             sq.ready.borrow_mut().push_front(*job);
                             sq.work.notify_all();
                             false
                         }
                     };
-                    if !usable || sent >= self.cfg.max_messages_per_connection {
+                    if !usable
+                        || (chained.is_none() && sent >= self.cfg.max_messages_per_connection)
+                    {
                         break;
                     }
                 }
@@ -491,26 +519,17 @@ impl Deliverer {
         Ok(f)
     }
 
-    /// One message over an open connection; `cached` when the connection sat idle before
-    /// it (it may have died meanwhile: then the job goes back for a fresh connection).
-    async fn transaction(&self, out: &mut Outbound, job: Job, cached: bool) -> Done {
-        self.count(|s| s.transactions += 1);
-        let env = OutEnvelope {
-            sender: &job.sender,
-            smtputf8: job.smtputf8,
-            eight_bit: job.eight_bit,
-            ret: job.ret,
-            envid: job.envid.as_deref(),
-            size: job.content_len,
-        };
-        if let Err(f) = client::precheck(&env, &out.caps) {
+    /// Checks a job against the connection's capabilities and reads its content. A job
+    /// that cannot go (too big for the next hop, an unreadable queue) is reported here.
+    async fn prepare(&self, out: &Outbound, job: Job) -> Option<Prepared> {
+        if let Err(f) = client::precheck(&out_envelope(&job), &out.caps) {
             self.report_all(
                 &job,
                 kind_of(Disposition::of_failure(&f)),
                 f.text(),
                 Some(&out.remote),
             );
-            return Done::Usable;
+            return None;
         }
         let content = match self.file(&job.segment).await {
             Ok(f) => f
@@ -519,8 +538,10 @@ impl Deliverer {
                 .map_err(io::Error::from),
             Err(e) => Err(e),
         };
-        let content = match content {
-            Ok(c) if c.len() as u64 == job.content_len => c,
+        match content {
+            Ok(content) if content.len() as u64 == job.content_len => {
+                Some(Prepared { job, content })
+            }
             Ok(_) => {
                 self.report_all(
                     &job,
@@ -528,7 +549,7 @@ impl Deliverer {
                     "451 4.3.0 queue file is short",
                     None,
                 );
-                return Done::Usable;
+                None
             }
             Err(e) => {
                 self.report_all(
@@ -537,24 +558,41 @@ impl Deliverer {
                     &format!("451 4.3.0 cannot read the queue: {e}"),
                     None,
                 );
-                return Done::Usable;
+                None
             }
-        };
-        let rcpts: Vec<OutRcpt<'_>> = job
-            .rcpts
-            .iter()
-            .map(|r| OutRcpt {
-                address: &r.address,
-                notify: r.notify,
-                orcpt: r.orcpt.as_deref(),
-            })
-            .collect();
+        }
+    }
+
+    /// One message over an open connection. `cached`: the connection sat idle before it
+    /// (it may have died meanwhile: then the job goes back for a fresh connection).
+    /// `presented`: its envelope went out already, behind the previous message. `chain`:
+    /// the site queue whose next message may follow this one's content in the same write
+    /// (RFC 2920 3.1: content may be the first "command" of a group).
+    async fn transaction(
+        &self,
+        out: &mut Outbound,
+        prepared: Prepared,
+        cached: bool,
+        presented: bool,
+        chain: Option<&SiteQueue>,
+    ) -> Done {
+        self.count(|s| s.transactions += 1);
+        let Prepared { job, content } = prepared;
+        let rcpts = out_rcpts(&job);
         let mut tx = Transaction::new(rcpts.len(), out.caps.pipelining, out.lmtp);
         let lost = Failure::Lost(format!(
             "451 4.4.2 {}: connection lost during the transaction",
             out.remote
         ));
-        let result = self.drive(out, &env, &rcpts, &mut tx, &content).await;
+        let mut next = None;
+        let exchange = Exchange {
+            env: out_envelope(&job),
+            rcpts: &rcpts,
+            content: &content,
+            presented,
+            chain,
+        };
+        let result = self.drive(out, exchange, &mut tx, &mut next).await;
         if result.is_err() && cached && tx.untouched() {
             drop(rcpts);
             return Done::Stale(Box::new(job));
@@ -569,35 +607,55 @@ impl Deliverer {
                 out.caps.dsn,
             );
         }
-        match result {
-            Ok(true) => Done::Usable,
-            Ok(false) if out.reset().await.is_ok() => Done::Usable,
-            Ok(false) => Done::Broken,
-            Err(e) => {
+        match (result, next) {
+            (Ok(true), Some(next)) => Done::Chained(Box::new(next)),
+            (Ok(true), None) => Done::Usable,
+            (Ok(false), None) if out.reset().await.is_ok() => Done::Usable,
+            (Ok(false), None) => Done::Broken,
+            // The chained message got no reply: it never reached the next hop.
+            (Ok(false), Some(next)) => Done::Stale(Box::new(next.job)),
+            (Err(e), next) => {
                 log::debug!("delivery to {} broke: {e}", out.remote);
-                Done::Broken
+                match next {
+                    Some(next) => Done::Stale(Box::new(next.job)),
+                    None => Done::Broken,
+                }
             }
         }
     }
 
-    /// Sends the commands and content and feeds the replies to `tx`. Ok(clean).
+    /// The next message of the site for chaining, prepared; None when none is waiting.
+    async fn chain_next(&self, out: &Outbound, sq: &SiteQueue) -> Option<Prepared> {
+        loop {
+            let job = sq.ready.borrow_mut().pop_front()?;
+            if let Some(p) = self.prepare(out, job).await {
+                return Some(p);
+            }
+        }
+    }
+
+    /// Sends the commands and content and feeds the replies to `tx`. Ok(clean). With a
+    /// chain, the next waiting message's envelope follows the content in the same write
+    /// and lands in `next`.
     async fn drive(
         &self,
         out: &mut Outbound,
-        env: &OutEnvelope<'_>,
-        rcpts: &[OutRcpt<'_>],
+        x: Exchange<'_>,
         tx: &mut Transaction,
-        content: &[u8],
+        next: &mut Option<Prepared>,
     ) -> io::Result<bool> {
+        let Exchange {
+            env,
+            rcpts,
+            content,
+            presented,
+            chain,
+        } = x;
         let mut buf = Vec::with_capacity(256);
-        client::mail_command(env, &out.caps, &mut buf);
-        if out.caps.pipelining {
-            for r in rcpts {
-                client::rcpt_command(r, &out.caps, &mut buf);
-            }
-            buf.extend_from_slice(b"DATA\r\n");
+        if !presented {
+            envelope_group(&env, rcpts, &out.caps, &mut buf);
+            out.conn.send(&buf).await?;
         }
-        out.conn.send(&buf).await?;
         loop {
             let reply = out.conn.reply().await?;
             match tx.on_reply(Reply::new(reply.code, &reply.lines)) {
@@ -615,17 +673,24 @@ impl Deliverer {
                     } else {
                         b"\r\n.\r\n"
                     };
+                    buf.clear();
                     if content.len() <= COALESCE_CONTENT_BYTES_MAX {
                         // One write, one segment on the wire: a copy of a few KiB costs
                         // less than a second send(2).
-                        buf.clear();
                         buf.extend_from_slice(content);
-                        buf.extend_from_slice(end);
-                        out.conn.send(&buf).await?;
                     } else {
                         out.conn.send(content).await?;
-                        out.conn.send(end).await?;
                     }
+                    buf.extend_from_slice(end);
+                    if let Some(sq) = chain {
+                        if let Some(p) = self.chain_next(out, sq).await {
+                            let rcpts = out_rcpts(&p.job);
+                            envelope_group(&out_envelope(&p.job), &rcpts, &out.caps, &mut buf);
+                            *next = Some(p);
+                            self.count(|s| s.chained += 1);
+                        }
+                    }
+                    out.conn.send(&buf).await?;
                 }
                 Step::SendEmpty => out.conn.send(b".\r\n").await?,
                 Step::Done { clean } => {
@@ -644,8 +709,63 @@ const COALESCE_CONTENT_BYTES_MAX: usize = 64 * 1024;
 enum Done {
     Usable,
     Broken,
-    /// The connection was dead before the transaction began: the job is handed back.
+    /// The connection was dead before the job got a reply: the job is handed back.
     Stale(Box<Job>),
+    /// Usable, and the next message's envelope is already on its way.
+    Chained(Box<Prepared>),
+}
+
+/// A job checked against the connection, with its content read from the queue.
+struct Prepared {
+    job: Job,
+    content: glommio::io::ReadResult,
+}
+
+/// What one transaction sends.
+struct Exchange<'a> {
+    env: OutEnvelope<'a>,
+    rcpts: &'a [OutRcpt<'a>],
+    content: &'a [u8],
+    presented: bool,
+    chain: Option<&'a SiteQueue>,
+}
+
+fn out_envelope(job: &Job) -> OutEnvelope<'_> {
+    OutEnvelope {
+        sender: &job.sender,
+        smtputf8: job.smtputf8,
+        eight_bit: job.eight_bit,
+        ret: job.ret,
+        envid: job.envid.as_deref(),
+        size: job.content_len,
+    }
+}
+
+fn out_rcpts(job: &Job) -> Vec<OutRcpt<'_>> {
+    job.rcpts
+        .iter()
+        .map(|r| OutRcpt {
+            address: &r.address,
+            notify: r.notify,
+            orcpt: r.orcpt.as_deref(),
+        })
+        .collect()
+}
+
+/// MAIL, and with PIPELINING every RCPT and DATA too: the first write of a transaction.
+fn envelope_group(
+    env: &OutEnvelope<'_>,
+    rcpts: &[OutRcpt<'_>],
+    caps: &Capabilities,
+    buf: &mut Vec<u8>,
+) {
+    client::mail_command(env, caps, buf);
+    if caps.pipelining {
+        for r in rcpts {
+            client::rcpt_command(r, caps, buf);
+        }
+        buf.extend_from_slice(b"DATA\r\n");
+    }
 }
 
 fn kind_of(d: Disposition) -> OutcomeKind {

@@ -454,6 +454,7 @@ fn snapshot(shard: &Shard, resolver: &Resolver) -> crate::metrics::ShardMetrics 
         connections_out: open_out,
         outbound_connections: d.connections,
         transactions: d.transactions,
+        chained: d.chained,
         delivered: d.delivered,
         deferred: d.deferred,
         failed: d.failed,
