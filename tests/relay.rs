@@ -78,10 +78,21 @@ fn two_sites_get_one_copy_each_with_their_recipients() {
 
 #[test]
 fn batching_per_site() {
+    batching_per_site_with("shard");
+}
+
+#[test]
+fn batching_per_site_on_the_owner_shard() {
+    batching_per_site_with("owner");
+}
+
+/// 1,000 messages of 3 recipients to one site over two shards, either each shard with its
+/// own pool (half the limit each) or one pool on the shard owning the site.
+fn batching_per_site_with(pools: &str) {
     let r = Relay::start(
         "",
-        RELAY_POLICY,
-        "max_connections_per_host = 4\n",
+        &format!("{RELAY_POLICY}\n[tuning]\nshards = 2\n"),
+        &format!("max_connections_per_host = 4\nsite_pools = \"{pools}\"\n"),
         &["--no-tls"],
     );
     let report = r.send(&[

@@ -250,6 +250,13 @@ pub struct Queue {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
+pub enum SitePools {
+    Shard,
+    Owner,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SyncMode {
     Inline,
     Ring,
@@ -288,7 +295,17 @@ pub struct Delivery {
         serialize_with = "duration::serialize"
     )]
     pub max_age: Duration,
+    /// Connections per site, opened only while mail waits. 32, KumoMTA's default: a
+    /// relay's outbound side keeps up with 50 busy inbound sessions (16 left a backlog
+    /// here); a receiver that wants fewer says 421, and that is a deferral.
     pub max_connections_per_host: u32,
+    /// Where a site's connections live. `shard`: every shard delivers the mail it
+    /// accepted over its own pool for the site, with `max_connections_per_host` divided
+    /// among the shards (at least one each): nothing crosses shards on the data path.
+    /// `owner`: one pool per site on the shard its key hashes to; mail for it crosses
+    /// there and the outcome back. `owner` pools better for many small destinations on
+    /// many shards; `shard` spends no cross-core wake-ups on the hot path.
+    pub site_pools: SitePools,
     pub max_messages_per_connection: u32,
     pub max_recipients_per_transaction: u32,
     /// An idle outbound connection is closed (QUIT) after this long without work.
@@ -358,7 +375,8 @@ impl Default for Delivery {
             retry_initial: Duration::from_secs(300),
             retry_max: Duration::from_secs(3600),
             max_age: Duration::from_secs(5 * 86400),
-            max_connections_per_host: 16,
+            max_connections_per_host: 32,
+            site_pools: SitePools::Shard,
             max_messages_per_connection: 1000,
             max_recipients_per_transaction: 100,
             idle_timeout: Duration::from_secs(5),

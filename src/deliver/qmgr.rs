@@ -10,6 +10,7 @@ use super::bounce::{self, Dsn, DsnRcpt};
 use super::wheel::TimerWheel;
 use super::{Job, JobRcpt, Report};
 use crate::config::Delivery as DeliveryConfig;
+use crate::config::SitePools;
 use crate::queue::index::RcptState;
 use crate::queue::log::Log;
 use crate::queue::record::{NewMessage, Outcome, OutcomeKind, QueueId};
@@ -323,7 +324,11 @@ impl QueueManager {
                     site: Arc::clone(&site),
                     rcpts: part.to_vec(),
                 };
-                (self.dispatch)(site.owner(self.shards), job);
+                let shard = match self.cfg.site_pools {
+                    SitePools::Shard => self.me,
+                    SitePools::Owner => site.owner(self.shards),
+                };
+                (self.dispatch)(shard, job);
             }
         }
     }

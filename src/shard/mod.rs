@@ -289,7 +289,7 @@ async fn shard_main(place: Place, inputs: Inputs) -> Option<Finished> {
         seed as u16,
     ));
     let deliverer = Rc::new(Deliverer::new(
-        d.clone(),
+        shard_delivery(d, n),
         config.server.hostname.clone(),
         Rc::clone(&resolver),
         links.reporter(),
@@ -400,6 +400,16 @@ async fn shard_main(place: Place, inputs: Inputs) -> Option<Finished> {
         log: log.stats(),
         delivery: deliverer.stats.get(),
     })
+}
+
+/// This shard's delivery settings: with per-shard site pools, its share of each site's
+/// connection limit (at least one).
+fn shard_delivery(d: &crate::config::Delivery, shards: usize) -> crate::config::Delivery {
+    let mut mine = d.clone();
+    if d.site_pools == crate::config::SitePools::Shard {
+        mine.max_connections_per_host = d.max_connections_per_host.div_ceil(shards.max(1) as u32);
+    }
+    mine
 }
 
 /// How often a shard publishes its metrics snapshot.
