@@ -3,7 +3,9 @@
 # smtp-source -> ringpost -> smtp-sink (static route), 3 runs, msgs/s and ringpost CPU per
 # message. Needs root (own network namespace) and Debian's postfix package for the tools.
 # Usage: benches/relay-only.sh [RINGPOST_BINARY]   Env: MSGS (10000) SESSIONS (50)
-#        SHARDS (0 = default), SERVE_ARGS, EXTRA (more TOML)
+#        SHARDS (0 = default), SYNC (inline | ring), SERVE_ARGS, EXTRA (more TOML)
+# Prints msgs/s end to end and ringpost's CPU per message (user, kernel) per run, then the
+# fsync and store (end of content to 250) quantiles from ringpost's /metrics.
 set -u
 if [ -z "${VS_IN_NETNS:-}" ]; then exec unshare --net env VS_IN_NETNS=1 bash "$0" "$@"; fi
 ip link set lo up
@@ -20,6 +22,9 @@ relay_domains = ["sink.test"]
 relay_networks = ["127.0.0.0/8"]
 [queue]
 dir = "$TMP/q"
+sync = "${SYNC:-inline}"
+[admin]
+listen = "127.0.0.1:2529"
 [[route]]
 domain = "sink.test"
 smarthost = "127.0.0.1:2527"
@@ -44,4 +49,6 @@ for r in 1 2 3; do
   kill $S; wait $S 2>/dev/null
   echo "$t0 $t1 $MSGS $u0 $u1 $s0 $s1" | awk -v hz=$(getconf CLK_TCK) '{u=1e6*($5-$4)/hz/$3; k=1e6*($7-$6)/hz/$3; printf "ringpost: %.0f msgs/s, %.1f us CPU/msg (user %.1f, kernel %.1f)\n", $3/($2-$1), u+k, u, k}'
 done
+sleep 1.2
+curl -s http://127.0.0.1:2529/metrics | grep -E '^ringpost_(fsync|store)_seconds\{quantile="0\.(5|99)"' | sed 's/^/metrics: /'
 kill $RP; wait $RP 2>/dev/null; tail -4 "$TMP/rp.log"; rm -rf "$TMP"

@@ -6,6 +6,9 @@ mod common;
 use common::*;
 use std::time::Duration;
 
+/// Relays anything for loopback clients.
+const RELAY_POLICY_ANY: &str =
+    "[server]\nhostname = \"relay.test\"\n[policy]\nrelay_networks = [\"127.0.0.0/8\"]\n";
 const RELAY_POLICY: &str = "[server]\nhostname = \"relay.test\"\n[policy]\nrelay_domains = [\"sink.test\", \"a.test\", \"b.test\"]\n";
 
 fn send_one(r: &Relay, from: &str, to: &[&str], body: &[u8]) -> String {
@@ -550,6 +553,28 @@ fn hostile_dns_answers_are_not_believed() {
         0,
         "a forged answer must not route mail"
     );
+}
+
+#[test]
+fn a_huge_mx_answer_goes_over_tcp_and_routes() {
+    // 200 MX records with long names: some 15 KiB of answer, far past UDP's 512 octets;
+    // the server says TC and the resolver asks again over TCP. All point at the sink.
+    let mut zone = String::new();
+    for i in 0..200 {
+        let host = format!("mx-{i:03}-{}.sink.test", "x".repeat(40));
+        zone.push_str(&format!(
+            "huge.test MX {} {host}\n{host} A 127.0.0.1\n",
+            10 + i
+        ));
+    }
+    let r = Relay::start(&zone, RELAY_POLICY_ANY, "", &["--no-tls"]);
+    send_one(
+        &r,
+        "s@sender.test",
+        &["u@huge.test"],
+        b"Subject: huge\r\n\r\nx\r\n",
+    );
+    r.wait_for("u@huge.test");
 }
 
 #[test]
