@@ -45,6 +45,20 @@ fn wait_accepted(nodes: &[&Server], n: usize) -> Vec<usize> {
     }
 }
 
+/// MESSAGES messages to fleet.test through the edge, all accepted.
+fn send_batch(edge: &Relay) {
+    let n = MESSAGES.to_string();
+    let sent = edge.send(&[
+        "--messages",
+        &n,
+        "--connections",
+        "4",
+        "--domain",
+        "fleet.test",
+    ]);
+    assert_eq!(sent["messages_accepted"].as_u64(), Some(MESSAGES), "{sent}");
+}
+
 #[test]
 fn two_nodes_behind_equal_mx_share_the_load_and_either_takes_it_all() {
     let port = free_port();
@@ -60,16 +74,7 @@ fn two_nodes_behind_equal_mx_share_the_load_and_either_takes_it_all() {
     let a = node("a.fleet.test", "127.0.0.3", port, &edge);
     let mut b = node("b.fleet.test", "127.0.0.4", port, &edge);
 
-    let n = MESSAGES.to_string();
-    let sent = edge.send(&[
-        "--messages",
-        &n,
-        "--connections",
-        "4",
-        "--domain",
-        "fleet.test",
-    ]);
-    assert_eq!(sent["messages_accepted"].as_u64(), Some(MESSAGES), "{sent}");
+    send_batch(&edge);
     edge.wait_sink("delivered_messages", MESSAGES);
     let counts = wait_accepted(&[&a, &b], MESSAGES as usize);
     assert!(
@@ -81,15 +86,7 @@ fn two_nodes_behind_equal_mx_share_the_load_and_either_takes_it_all() {
     // Drain b: it says 421 to new sessions and exits; the edge's next connections find
     // it gone and go to a, which takes the whole next batch.
     assert!(b.terminate().success());
-    let sent = edge.send(&[
-        "--messages",
-        &n,
-        "--connections",
-        "4",
-        "--domain",
-        "fleet.test",
-    ]);
-    assert_eq!(sent["messages_accepted"].as_u64(), Some(MESSAGES), "{sent}");
+    send_batch(&edge);
     let stats = edge.wait_sink("delivered_messages", 2 * MESSAGES);
     assert_eq!(stats["corrupted"].as_u64().unwrap_or(0), 0, "{stats}");
     let after = wait_accepted(&[&a], counts[0] + MESSAGES as usize);

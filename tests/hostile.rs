@@ -64,8 +64,9 @@ fn slowloris_command_gets_no_more_time_than_one_line() {
     d.expect_cmd("NOOP", "250");
 }
 
-#[test]
-fn slowloris_content_is_held_to_the_minimum_data_rate() {
+/// A server with a 1 s data timeout and a 500 octets/s minimum, and a client of it that
+/// has just been told 354.
+fn in_content() -> (Server, Client) {
     let server = Server::start(&format!(
         "[server]\ndata_timeout = \"1s\"\nmin_data_rate = 500\n{RELAY}"
     ));
@@ -74,6 +75,12 @@ fn slowloris_content_is_held_to_the_minimum_data_rate() {
     c.expect_cmd("MAIL FROM:<a@sender.test>", "250");
     c.expect_cmd("RCPT TO:<b@rcpt.test>", "250");
     c.expect_cmd("DATA", "354");
+    (server, c)
+}
+
+#[test]
+fn slowloris_content_is_held_to_the_minimum_data_rate() {
+    let (server, mut c) = in_content();
     // 10 octets/s against a minimum of 500: each octet buys 2 ms.
     let body = b"Subject: slow\r\n\r\n".repeat(10);
     let took = dribble(&mut c.stream, &body, Duration::from_millis(100));
@@ -87,14 +94,7 @@ fn slowloris_content_is_held_to_the_minimum_data_rate() {
 
 #[test]
 fn a_steady_sender_above_the_rate_outlasts_the_data_timeout() {
-    let server = Server::start(&format!(
-        "[server]\ndata_timeout = \"1s\"\nmin_data_rate = 500\n{RELAY}"
-    ));
-    let mut c = server.connect();
-    c.greet();
-    c.expect_cmd("MAIL FROM:<a@sender.test>", "250");
-    c.expect_cmd("RCPT TO:<b@rcpt.test>", "250");
-    c.expect_cmd("DATA", "354");
+    let (server, mut c) = in_content();
     // 1 KiB every 400 ms (2.5 KiB/s) for 3 s: three times the data timeout in all, and
     // never a second without progress at the minimum rate.
     c.send(b"Subject: steady\r\n\r\n");
