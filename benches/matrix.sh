@@ -6,11 +6,12 @@
 # traffic on loopback, each row bounded by MSGS messages.
 #
 # Needs root and Debian's postfix package (for vs-postfix.sh).
-# Usage: benches/matrix.sh   Env: VS (path to vs-postfix.sh), MSGS (10000), RUNS (3)
+# Usage: benches/matrix.sh   Env: VS (path to vs-postfix.sh), MSGS (10000), RUNS (3),
+#        SHARDS (0: ringpost's default, one per core; the size and recipient rows use it)
 set -u
 cd "$(dirname "$0")/.."
 VS=${VS:-../shared/bench/vs-postfix.sh}
-MSGS=${MSGS:-10000} RUNS=${RUNS:-3}
+MSGS=${MSGS:-10000} RUNS=${RUNS:-3} SHARDS=${SHARDS:-0}
 [ -x "$VS" ] || [ -f "$VS" ] || { echo "no vs-postfix.sh at $VS (set VS)"; exit 2; }
 cargo build --release --workspace >/dev/null 2>&1 || { echo "cargo build --release failed"; exit 2; }
 RP=target/release/ringpost
@@ -29,10 +30,10 @@ row() {
   share=$(echo "$out" | sed -n 's/.*ringpost\/ceiling = \([0-9.]*\).*/\1/p')
   printf '%-28s %9s %9s %9s %8s %10s %12s\n' "$name" "${ceil:-?}" "${pf:-?}" "${rp:-?}" "${ratio:-?}" "${share:-?}" "${cpu:-?}"
 }
-row "1 KiB, 1 rcpt" SIZE=1024 RCPTS=1
-row "10 KiB, 1 rcpt" SIZE=10240 RCPTS=1
-row "100 KiB, 1 rcpt" SIZE=102400 RCPTS=1
-row "1 KiB, 10 rcpts" SIZE=1024 RCPTS=10
+row "1 KiB, 1 rcpt" SIZE=1024 RCPTS=1 SHARDS="$SHARDS"
+row "10 KiB, 1 rcpt" SIZE=10240 RCPTS=1 SHARDS="$SHARDS"
+row "100 KiB, 1 rcpt" SIZE=102400 RCPTS=1 SHARDS="$SHARDS"
+row "1 KiB, 10 rcpts" SIZE=1024 RCPTS=10 SHARDS="$SHARDS"
 row "1 KiB, 1 rcpt, 1 shard" SIZE=1024 RCPTS=1 SHARDS=1
 row "1 KiB, 1 rcpt, 2 shards" SIZE=1024 RCPTS=1 SHARDS=2
 
