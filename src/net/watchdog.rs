@@ -124,11 +124,6 @@ impl Watch {
         self.with(|e| e.deadline = None);
     }
 
-    /// The descriptor changed (TLS wraps the same socket, so normally it does not).
-    pub fn set_fd(&self, fd: RawFd) {
-        self.with(|e| e.fd = fd);
-    }
-
     /// The deadline passed: the socket no longer reads.
     pub fn fired(&self) -> bool {
         self.with(|e| e.fired).unwrap_or(false)
