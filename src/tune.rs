@@ -129,6 +129,11 @@ pub fn suggest(m: &Machine, cpus: &[usize]) -> String {
         "ring_depth = {ring}\nio_memory_bytes = {}\nread_buffer_bytes = 16384",
         (8u64 << 20) * (shards as u64).min(8)
     );
+    let _ = writeln!(
+        s,
+        "# Cross-shard channel slots: the whole mesh in 64 MiB.\nmesh_capacity = {}",
+        crate::shard::mesh_capacity(0, shards)
+    );
     s
 }
 

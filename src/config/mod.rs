@@ -458,6 +458,10 @@ pub struct Tuning {
         serialize_with = "duration::serialize"
     )]
     pub preempt_timer: Duration,
+    /// Slots in each cross-shard channel (jobs and outcomes with `site_pools = "owner"`,
+    /// ETRN and operator commands always). Every ordered pair of shards has one, each slot
+    /// preallocated (about 136 octets): 0 sizes them to fit the mesh in 64 MiB.
+    pub mesh_capacity: usize,
 }
 
 impl Default for Tuning {
@@ -469,6 +473,7 @@ impl Default for Tuning {
             io_memory_bytes: 10 * 1024 * 1024,
             read_buffer_bytes: READ_BUFFER_BYTES_DEFAULT,
             preempt_timer: Duration::from_millis(10),
+            mesh_capacity: 0,
         }
     }
 }

@@ -97,8 +97,25 @@ pub struct Finished {
     pub delivery: DeliveryStats,
 }
 
-/// Capacity of each cross-shard channel (jobs and reports).
-const MESH_CHANNEL_CAPACITY: usize = 4096;
+/// `[tuning] mesh_capacity = 0`: the cross-shard channels together take at most this much.
+const MESH_MEMORY_BUDGET_BYTES: usize = 64 << 20;
+/// Bounds of the automatic channel capacity.
+const MESH_CAPACITY_AUTO_MIN: usize = 64;
+const MESH_CAPACITY_AUTO_MAX: usize = 4096;
+
+/// Slots per cross-shard channel. A full mesh of `n` shards has n(n-1) channels whose
+/// slots are allocated up front: 4096 each would be 2.2 GB at 64 shards.
+pub fn mesh_capacity(configured: usize, n: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    let slot = std::mem::size_of::<Mail>() + std::mem::align_of::<Mail>();
+    let channels = (n * n.saturating_sub(1)).max(1);
+    let fit = MESH_MEMORY_BUDGET_BYTES / (channels * slot);
+    // glommio rounds a capacity up to a power of two: round down here to stay in budget.
+    let pow2 = if fit == 0 { 1 } else { 1 << fit.ilog2() };
+    pow2.clamp(MESH_CAPACITY_AUTO_MIN, MESH_CAPACITY_AUTO_MAX)
+}
 /// After delivery stops, how long a shard keeps listening for other shards' reports.
 const REPORT_SETTLE: Duration = Duration::from_millis(200);
 
@@ -142,7 +159,8 @@ pub fn run(
     on_ready: impl FnOnce(&[Startup]),
 ) -> Result<Vec<Finished>, String> {
     let n = cpus.len();
-    let mesh: MeshBuilder<Mail, Full> = MeshBuilder::full(n, MESH_CHANNEL_CAPACITY);
+    let capacity = mesh_capacity(config.tuning.mesh_capacity, n);
+    let mesh: MeshBuilder<Mail, Full> = MeshBuilder::full(n, capacity);
     let (tx, rx) = mpsc::channel();
     let mut handles = Vec::with_capacity(n);
     for (k, &cpu) in cpus.iter().enumerate() {
@@ -506,5 +524,31 @@ async fn wait_for_sessions(shard: &Rc<Shard>, deadline: Instant) {
             Ok(())
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn automatic_mesh_capacity_fits_the_budget() {
+        assert_eq!(mesh_capacity(0, 2), MESH_CAPACITY_AUTO_MAX);
+        assert_eq!(mesh_capacity(0, 8), MESH_CAPACITY_AUTO_MAX);
+        let slot = std::mem::size_of::<Mail>() + std::mem::align_of::<Mail>();
+        for n in [16, 32, 64, 128] {
+            let c = mesh_capacity(0, n);
+            assert!(
+                c.is_power_of_two() && c >= MESH_CAPACITY_AUTO_MIN,
+                "{n}: {c}"
+            );
+            let bytes = n * (n - 1) * c * slot;
+            assert!(
+                c == MESH_CAPACITY_AUTO_MIN || bytes <= MESH_MEMORY_BUDGET_BYTES,
+                "{n} shards: {c} slots, {bytes} bytes"
+            );
+        }
+        assert!(mesh_capacity(0, 64) < mesh_capacity(0, 8));
+        assert_eq!(mesh_capacity(100, 64), 100);
     }
 }
