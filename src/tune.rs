@@ -126,8 +126,7 @@ pub fn suggest(m: &Machine, cpus: &[usize]) -> String {
     let _ = writeln!(s, "cpus = [{}]", list.join(", "));
     let _ = writeln!(
         s,
-        "ring_depth = {ring}\nio_memory_bytes = {}\nread_buffer_bytes = 16384",
-        (8u64 << 20) * (shards as u64).min(8)
+        "ring_depth = {ring}\nio_memory_bytes = 1048576\nread_buffer_bytes = 16384"
     );
     let _ = writeln!(
         s,

@@ -448,7 +448,9 @@ pub struct Tuning {
     pub cpus: Vec<usize>,
     /// Submission queue entries of each shard's io_uring.
     pub ring_depth: usize,
-    /// Registered DMA memory per shard, for the queue log's writes.
+    /// io_uring-registered (locked) buffer memory per shard. It backs glommio's own
+    /// buffers (UDP receives of DNS answers, socket peeks); the queue log goes through the
+    /// page cache. Past it glommio falls back to ordinary allocations.
     pub io_memory_bytes: usize,
     /// Per-session read buffer.
     pub read_buffer_bytes: usize,
@@ -470,7 +472,7 @@ impl Default for Tuning {
             shards: 0,
             cpus: Vec::new(),
             ring_depth: 128,
-            io_memory_bytes: 10 * 1024 * 1024,
+            io_memory_bytes: 1024 * 1024,
             read_buffer_bytes: READ_BUFFER_BYTES_DEFAULT,
             preempt_timer: Duration::from_millis(10),
             mesh_capacity: 0,
