@@ -1,7 +1,7 @@
 //! The `ringpost` command: `serve`, `check-config`, `queue`.
 
 use clap::{Parser, Subcommand};
-use ringpost::config::Config;
+use ringpost::config::{Config, SyncMode};
 use ringpost::queue::{index::RcptState, recovery};
 use ringpost::shard::{self, Startup};
 use std::io::Write;
@@ -314,6 +314,33 @@ fn config_error(e: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
+/// `[queue] sync = "auto"`: a few fsyncs on the queue disk pick inline or ring.
+fn auto_sync(dir: &Path) -> SyncMode {
+    match ringpost::tune::measure_fsync_n(dir, ringpost::tune::FSYNC_STARTUP_SAMPLES) {
+        Ok((p50, _)) => {
+            let mode = ringpost::tune::sync_mode_for(p50);
+            eprintln!(
+                "ringpost: queue sync {} (auto: fsync p50 {} us on {})",
+                if mode == SyncMode::Inline {
+                    "inline"
+                } else {
+                    "ring"
+                },
+                p50.as_micros(),
+                dir.display()
+            );
+            mode
+        }
+        Err(e) => {
+            eprintln!(
+                "ringpost: cannot measure fsync on {}: {e}; queue sync ring",
+                dir.display()
+            );
+            SyncMode::Ring
+        }
+    }
+}
+
 fn serve(path: Option<&Path>) -> ExitCode {
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -329,6 +356,10 @@ fn serve(path: Option<&Path>) -> ExitCode {
             config.queue.dir.display()
         );
         return ExitCode::FAILURE;
+    }
+    let mut config = config;
+    if config.queue.sync == SyncMode::Auto {
+        config.queue.sync = auto_sync(&config.queue.dir);
     }
     raise_fd_limit();
     let shutdown = Arc::new(AtomicBool::new(false));

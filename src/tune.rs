@@ -24,6 +24,23 @@ pub struct Machine {
 
 /// write + fdatasync latency on `dir`'s file system.
 pub fn measure_fsync(dir: &Path) -> std::io::Result<(Duration, Duration)> {
+    measure_fsync_n(dir, FSYNC_SAMPLES)
+}
+
+/// `[queue] sync = "auto"` at start-up: this many fsyncs decide.
+pub const FSYNC_STARTUP_SAMPLES: usize = 10;
+
+/// The sync mode for a disk whose fsync takes `p50`.
+pub fn sync_mode_for(p50: Duration) -> crate::config::SyncMode {
+    if p50 <= SYNC_INLINE_FSYNC_MAX {
+        crate::config::SyncMode::Inline
+    } else {
+        crate::config::SyncMode::Ring
+    }
+}
+
+/// `samples` write + fdatasync pairs on `dir`'s file system: (p50, p99).
+pub fn measure_fsync_n(dir: &Path, samples: usize) -> std::io::Result<(Duration, Duration)> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(".ringpost-tune-probe");
     let mut f = std::fs::OpenOptions::new()
@@ -32,8 +49,9 @@ pub fn measure_fsync(dir: &Path) -> std::io::Result<(Duration, Duration)> {
         .truncate(true)
         .open(&path)?;
     let block = vec![0x5Au8; FSYNC_WRITE_BYTES];
-    let mut samples = Vec::with_capacity(FSYNC_SAMPLES);
-    for _ in 0..FSYNC_SAMPLES {
+    let n = samples.max(1);
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
         let t = Instant::now();
         f.write_all(&block)?;
         f.sync_data()?;
@@ -101,7 +119,7 @@ pub fn suggest(m: &Machine, cpus: &[usize]) -> String {
     let _ = writeln!(s, "max_connections = {per_shard}");
     let _ = writeln!(s, "\n[queue]\n# Natural group commit when fsync is fast; a window of about a quarter of an fsync when not.");
     let _ = writeln!(s, "commit_window = \"{window_us}us\"");
-    let (sync, why) = if m.fsync_p50 <= SYNC_INLINE_FSYNC_MAX {
+    let (sync, why) = if sync_mode_for(m.fsync_p50) == crate::config::SyncMode::Inline {
         (
             "inline",
             "fsync is fast: the shard waits for it rather than for a worker thread",

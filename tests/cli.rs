@@ -157,3 +157,32 @@ fn tune_suggests_a_profile_for_this_machine() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+#[test]
+fn queue_sync_auto_measures_the_disk_at_start() {
+    let server = Server::start("");
+    let err = server.stderr();
+    let line = err
+        .lines()
+        .find(|l| l.contains("queue sync"))
+        .unwrap_or_else(|| panic!("no queue sync line: {err}"));
+    assert!(
+        (line.contains("queue sync inline") || line.contains("queue sync ring"))
+            && line.contains("auto: fsync p50"),
+        "{line}"
+    );
+    // The probe leaves nothing behind in the queue.
+    let left: Vec<_> = std::fs::read_dir(server.queue_dir())
+        .expect("queue dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| !e.file_name().to_string_lossy().starts_with("shard-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // An explicit mode is taken as it is: no probe.
+    let dir = TempDir::new("cli-sync");
+    let fixed = Server::start(&format!(
+        "[queue]\ndir = \"{}\"\nsync = \"ring\"\n",
+        dir.0.join("queue").display()
+    ));
+    assert!(!fixed.stderr().contains("queue sync"), "{}", fixed.stderr());
+}

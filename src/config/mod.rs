@@ -244,7 +244,8 @@ pub struct Queue {
     /// waits, as the sessions of the batch do anyway); `ring` through io_uring, whose
     /// worker thread shares the shard's core and waits behind it when the shard is busy.
     /// Inline wins when fsync is fast (SSD, NVMe, a battery-backed cache); ring keeps a
-    /// shard working through a slow one (`ringpost tune` suggests one).
+    /// shard working through a slow one. `auto` measures the queue disk at start-up and
+    /// picks (as `ringpost tune` does).
     pub sync: SyncMode,
 }
 
@@ -258,6 +259,7 @@ pub enum SitePools {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncMode {
+    Auto,
     Inline,
     Ring,
 }
@@ -269,7 +271,7 @@ impl Default for Queue {
             segment_bytes: 64 * 1024 * 1024,
             commit_window: Duration::ZERO,
             commit_bytes_max: 4 * 1024 * 1024,
-            sync: SyncMode::Inline,
+            sync: SyncMode::Auto,
         }
     }
 }

@@ -343,7 +343,8 @@ impl Log {
             chunk = rest;
         }
         match self.settings.sync {
-            SyncMode::Inline => {
+            // `auto` is resolved at start-up; inline is what it means on a fast disk.
+            SyncMode::Inline | SyncMode::Auto => {
                 // SAFETY: fdatasync(2) on the open segment; no memory is involved.
                 if unsafe { libc::fdatasync(file.as_raw_fd()) } != 0 {
                     return Err(io::Error::last_os_error());
