@@ -64,6 +64,28 @@ fn slowloris_command_gets_no_more_time_than_one_line() {
     d.expect_cmd("NOOP", "250");
 }
 
+#[test]
+fn steady_commands_split_across_reads_are_not_cut_off() {
+    let server = Server::start("[server]\ncommand_timeout = \"1s\"\n");
+    let mut c = server.connect();
+    c.greet();
+    // For 2.5 s every write ends in the middle of a command, so no read ever leaves the
+    // buffer empty; but each one completes a command, and each command has its own
+    // deadline.
+    c.send(b"NO");
+    let writes = 25;
+    for _ in 0..writes {
+        std::thread::sleep(Duration::from_millis(100));
+        c.send(b"OP\r\nNO");
+    }
+    c.send(b"OP\r\n");
+    for i in 0..=writes {
+        let r = c.reply();
+        assert!(r.starts_with("250 "), "NOOP {i}: {r}");
+    }
+    c.expect_cmd("QUIT", "221");
+}
+
 /// A server with a 1 s data timeout and a 500 octets/s minimum, and a client of it that
 /// has just been told 354.
 fn in_content() -> (Server, Client) {

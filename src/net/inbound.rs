@@ -149,6 +149,7 @@ async fn serve(shard: Rc<Shard>, tcp: TcpStream, mode: ListenerMode) {
         watch,
         deadline: Instant::now(),
         in_content: false,
+        progressed: false,
     };
     if let Err(e) = conn.run(&mut session, &mut out).await {
         if conn.watch.fired() {
@@ -178,6 +179,8 @@ struct Conn<'s> {
     deadline: Instant,
     /// The deadline in force is a content deadline.
     in_content: bool,
+    /// A command was completed since the deadline was set: the next one gets its own.
+    progressed: bool,
 }
 
 /// greet_pause: true when the client sends anything before the pause is over.
@@ -244,6 +247,7 @@ impl Conn<'_> {
         loop {
             let (used, event) = session.feed(&self.buf[self.start..self.end], out);
             self.start += used;
+            self.progressed |= used > 0;
             match event {
                 Event::NeedInput => return Ok(false),
                 Event::Close => return Ok(true),
@@ -363,10 +367,11 @@ impl Conn<'_> {
             } else if limits.min_data_rate == 0 {
                 self.deadline = Instant::now() + limits.data_timeout;
             }
-        } else if self.in_content || self.start == self.end {
+        } else if self.in_content || self.progressed || self.start == self.end {
             self.in_content = false;
             self.deadline = Instant::now() + limits.command_timeout;
         }
+        self.progressed = false;
         self.watch.arm(self.deadline);
     }
 
