@@ -464,6 +464,7 @@ impl Deliverer {
             caps,
             remote: format!("{host}[{}]", addr.ip()),
             lmtp,
+            buf: Vec::new(),
         })
     }
 
@@ -578,23 +579,20 @@ impl Deliverer {
     ) -> Done {
         self.count(|s| s.transactions += 1);
         let Prepared { job, content } = prepared;
-        let rcpts = out_rcpts(&job);
-        let mut tx = Transaction::new(rcpts.len(), out.caps.pipelining, out.lmtp);
+        let mut tx = Transaction::new(job.rcpts.len(), out.caps.pipelining, out.lmtp);
         let lost = Failure::Lost(format!(
             "451 4.4.2 {}: connection lost during the transaction",
             out.remote
         ));
         let mut next = None;
         let exchange = Exchange {
-            env: out_envelope(&job),
-            rcpts: &rcpts,
+            job: &job,
             content: &content,
             presented,
             chain,
         };
         let result = self.drive(out, exchange, &mut tx, &mut next).await;
         if result.is_err() && cached && tx.untouched() {
-            drop(rcpts);
             return Done::Stale(Box::new(job));
         }
         for (r, (disposition, reply)) in job.rcpts.iter().zip(tx.results(&lost)) {
@@ -645,25 +643,25 @@ impl Deliverer {
         next: &mut Option<Prepared>,
     ) -> io::Result<bool> {
         let Exchange {
-            env,
-            rcpts,
+            job,
             content,
             presented,
             chain,
         } = x;
-        let mut buf = Vec::with_capacity(256);
+        // `out.buf` is the connection's one write buffer: no allocation per transaction.
         if !presented {
-            envelope_group(&env, rcpts, &out.caps, &mut buf);
-            out.conn.send(&buf).await?;
+            out.buf.clear();
+            envelope_group(job, &out.caps, &mut out.buf);
+            out.conn.send(&out.buf).await?;
         }
         loop {
             let reply = out.conn.reply().await?;
             match tx.on_reply(Reply::new(reply.code, &reply.lines)) {
                 Step::Read => {}
                 Step::SendRcpt(i) => {
-                    buf.clear();
-                    client::rcpt_command(&rcpts[i], &out.caps, &mut buf);
-                    out.conn.send(&buf).await?;
+                    out.buf.clear();
+                    client::rcpt_command(&out_rcpt(&job.rcpts[i]), &out.caps, &mut out.buf);
+                    out.conn.send(&out.buf).await?;
                 }
                 Step::SendData => out.conn.send(b"DATA\r\n").await?,
                 Step::SendContent => {
@@ -673,24 +671,23 @@ impl Deliverer {
                     } else {
                         b"\r\n.\r\n"
                     };
-                    buf.clear();
+                    out.buf.clear();
                     if content.len() <= COALESCE_CONTENT_BYTES_MAX {
                         // One write, one segment on the wire: a copy of a few KiB costs
                         // less than a second send(2).
-                        buf.extend_from_slice(content);
+                        out.buf.extend_from_slice(content);
                     } else {
                         out.conn.send(content).await?;
                     }
-                    buf.extend_from_slice(end);
+                    out.buf.extend_from_slice(end);
                     if let Some(sq) = chain {
                         if let Some(p) = self.chain_next(out, sq).await {
-                            let rcpts = out_rcpts(&p.job);
-                            envelope_group(&out_envelope(&p.job), &rcpts, &out.caps, &mut buf);
+                            envelope_group(&p.job, &out.caps, &mut out.buf);
                             *next = Some(p);
                             self.count(|s| s.chained += 1);
                         }
                     }
-                    out.conn.send(&buf).await?;
+                    out.conn.send(&out.buf).await?;
                 }
                 Step::SendEmpty => out.conn.send(b".\r\n").await?,
                 Step::Done { clean } => {
@@ -723,8 +720,7 @@ struct Prepared {
 
 /// What one transaction sends.
 struct Exchange<'a> {
-    env: OutEnvelope<'a>,
-    rcpts: &'a [OutRcpt<'a>],
+    job: &'a Job,
     content: &'a [u8],
     presented: bool,
     chain: Option<&'a SiteQueue>,
@@ -741,28 +737,20 @@ fn out_envelope(job: &Job) -> OutEnvelope<'_> {
     }
 }
 
-fn out_rcpts(job: &Job) -> Vec<OutRcpt<'_>> {
-    job.rcpts
-        .iter()
-        .map(|r| OutRcpt {
-            address: &r.address,
-            notify: r.notify,
-            orcpt: r.orcpt.as_deref(),
-        })
-        .collect()
+fn out_rcpt(r: &JobRcpt) -> OutRcpt<'_> {
+    OutRcpt {
+        address: &r.address,
+        notify: r.notify,
+        orcpt: r.orcpt.as_deref(),
+    }
 }
 
 /// MAIL, and with PIPELINING every RCPT and DATA too: the first write of a transaction.
-fn envelope_group(
-    env: &OutEnvelope<'_>,
-    rcpts: &[OutRcpt<'_>],
-    caps: &Capabilities,
-    buf: &mut Vec<u8>,
-) {
-    client::mail_command(env, caps, buf);
+fn envelope_group(job: &Job, caps: &Capabilities, buf: &mut Vec<u8>) {
+    client::mail_command(&out_envelope(job), caps, buf);
     if caps.pipelining {
-        for r in rcpts {
-            client::rcpt_command(r, caps, buf);
+        for r in &job.rcpts {
+            client::rcpt_command(&out_rcpt(r), caps, buf);
         }
         buf.extend_from_slice(b"DATA\r\n");
     }
@@ -782,6 +770,8 @@ struct Outbound {
     caps: Capabilities,
     remote: String,
     lmtp: bool,
+    /// Reused for every write of the connection's transactions.
+    buf: Vec<u8>,
 }
 
 impl Outbound {

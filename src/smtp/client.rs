@@ -2,7 +2,6 @@
 //! replies mean, and one place where every delivery result is classified.
 
 use super::parser::{notify, Ret};
-use std::fmt::Write as _;
 
 /// What the next hop said it supports (RFC 5321 4.1.1.1 EHLO keywords).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -171,59 +170,66 @@ pub fn precheck(env: &OutEnvelope<'_>, caps: &Capabilities) -> Result<(), Failur
     Ok(())
 }
 
+/// Appends the MAIL command to `out` (straight into the write buffer: no String).
 pub fn mail_command(env: &OutEnvelope<'_>, caps: &Capabilities, out: &mut Vec<u8>) {
-    let mut s = format!("MAIL FROM:<{}>", env.sender);
+    push(out, &["MAIL FROM:<", env.sender, ">"]);
     if caps.esmtp {
         if caps.size.is_some() {
-            let _ = write!(s, " SIZE={}", env.size);
+            let _ = std::io::Write::write_fmt(out, format_args!(" SIZE={}", env.size));
         }
         if env.eight_bit && caps.eight_bit_mime {
-            s.push_str(" BODY=8BITMIME");
+            out.extend_from_slice(b" BODY=8BITMIME");
         }
         if env.smtputf8 {
-            s.push_str(" SMTPUTF8");
+            out.extend_from_slice(b" SMTPUTF8");
         }
         if caps.dsn {
             match env.ret {
-                Some(Ret::Full) => s.push_str(" RET=FULL"),
-                Some(Ret::Hdrs) => s.push_str(" RET=HDRS"),
+                Some(Ret::Full) => out.extend_from_slice(b" RET=FULL"),
+                Some(Ret::Hdrs) => out.extend_from_slice(b" RET=HDRS"),
                 None => {}
             }
             if let Some(envid) = env.envid {
-                let _ = write!(s, " ENVID={envid}");
+                push(out, &[" ENVID=", envid]);
             }
         }
     }
-    s.push_str("\r\n");
-    out.extend_from_slice(s.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
+fn push(out: &mut Vec<u8>, parts: &[&str]) {
+    for p in parts {
+        out.extend_from_slice(p.as_bytes());
+    }
+}
+
+/// Appends one RCPT command to `out`.
 pub fn rcpt_command(r: &OutRcpt<'_>, caps: &Capabilities, out: &mut Vec<u8>) {
-    let mut s = format!("RCPT TO:<{}>", r.address);
+    push(out, &["RCPT TO:<", r.address, ">"]);
     if caps.dsn {
         if let Some(n) = r.notify {
-            let mut words = Vec::new();
+            out.extend_from_slice(b" NOTIFY=");
             if n & notify::NEVER != 0 {
-                words.push("NEVER");
+                out.extend_from_slice(b"NEVER");
             } else {
+                let mut sep = "";
                 for (bit, w) in [
                     (notify::SUCCESS, "SUCCESS"),
                     (notify::FAILURE, "FAILURE"),
                     (notify::DELAY, "DELAY"),
                 ] {
                     if n & bit != 0 {
-                        words.push(w);
+                        push(out, &[sep, w]);
+                        sep = ",";
                     }
                 }
             }
-            let _ = write!(s, " NOTIFY={}", words.join(","));
         }
         if let Some(o) = r.orcpt {
-            let _ = write!(s, " ORCPT={o}");
+            push(out, &[" ORCPT=", o]);
         }
     }
-    s.push_str("\r\n");
-    out.extend_from_slice(s.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// What the caller does next in a transaction.
