@@ -7,18 +7,10 @@ use std::process::Command;
 
 #[test]
 fn bad_config_exits_2_naming_the_key() {
-    let dir = TempDir::new("cli");
-    let cfg = dir.0.join("bad.toml");
-    std::fs::write(
-        &cfg,
+    let out = run_with_config(
+        "serve",
         "[[listen]]\naddr = \"127.0.0.1:2525\"\n[policy]\nrelay_domain = [\"x.test\"]\n",
-    )
-    .unwrap();
-    let out = Command::new(binary())
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -26,16 +18,10 @@ fn bad_config_exits_2_naming_the_key() {
         "{err}"
     );
 
-    std::fs::write(
-        &cfg,
+    let out = run_with_config(
+        "check-config",
         "[[listen]]\naddr = \"127.0.0.1:2525\"\n[server]\ncommand_timeout = \"10\"\n",
-    )
-    .unwrap();
-    let out = Command::new(binary())
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("command_timeout"));
 }

@@ -36,11 +36,9 @@ fn arrives_byte_identical_but_for_received() {
         "opportunistic STARTTLS against a sink that offers it"
     );
     // Finished: the queue empties.
-    let deadline = std::time::Instant::now() + WAIT;
-    while !read_queue(&r.server.queue_dir()).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "queue never emptied");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("the queue empties", || {
+        read_queue(&r.server.queue_dir()).is_empty()
+    });
 }
 
 #[test]
@@ -199,15 +197,7 @@ fn dns_down_then_up_is_deferred_then_delivered() {
         &["later@sink.test"],
         b"Subject: dns\r\n\r\nx\r\n",
     );
-    let deadline = std::time::Instant::now() + WAIT;
-    while !r.server.stderr().contains("status=deferred") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never deferred: {}",
-            r.server.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    r.server.wait_log("status=deferred");
     assert!(r.server.stderr().contains("4.4.3"), "{}", r.server.stderr());
     r.restart_dns();
     r.wait_for("later@sink.test");
@@ -394,15 +384,7 @@ fn mx_pointing_back_at_us_is_a_loop() {
         &["u@loop.test"],
         b"Subject: loop\r\n\r\nx\r\n",
     ));
-    let deadline = std::time::Instant::now() + WAIT;
-    while !r.server.stderr().contains("loops back to myself") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            r.server.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    r.server.wait_log("loops back to myself");
     assert!(r
         .server
         .stderr()

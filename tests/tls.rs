@@ -10,7 +10,6 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// A test CA and a certificate it signed for `names`, written as PEM files.
 struct Pki {
@@ -182,11 +181,7 @@ fn commands_injected_after_starttls_are_discarded() {
     t.expect("EHLO client.test", "250-");
     // Had the injected MAIL been acted on, this RCPT would be accepted.
     t.expect("RCPT TO:<x@relay.test>", "503 5.5.1");
-    let deadline = std::time::Instant::now() + WAIT;
-    while !server.stderr().contains("after STARTTLS; discarded") {
-        assert!(std::time::Instant::now() < deadline, "{}", server.stderr());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.wait_log("after STARTTLS; discarded");
 }
 
 #[test]
@@ -285,14 +280,7 @@ fn auth_on_submission_and_relay_permission() {
 
 #[test]
 fn missing_certificate_is_a_startup_error() {
-    let dir = TempDir::new("tls");
-    let cfg = dir.0.join("c.toml");
-    std::fs::write(&cfg, "[[listen]]\naddr = \"127.0.0.1:2525\"\n[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n").unwrap();
-    let out = Command::new(binary())
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = run_with_config("serve", "[[listen]]\naddr = \"127.0.0.1:2525\"\n[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/cert.pem"));
 }
@@ -310,15 +298,7 @@ fn required_outbound_tls_defers_on_plain_and_delivers_when_verified() {
         &["x@sink.test"],
         b"Subject: must be tls\r\n\r\nx\r\n",
     ));
-    let deadline = std::time::Instant::now() + WAIT;
-    while !plain.server.stderr().contains("4.7.4") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            plain.server.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    plain.server.wait_log("4.7.4");
     assert_eq!(plain.sink_stats()["messages"], 0);
     let ca = format!("tls = \"required\"\ntls_ca_file = \"{}\"\n", p.ca.display());
     let cert = p.cert.display().to_string();
@@ -349,11 +329,7 @@ fn sighup_reloads_the_certificate_without_dropping_sessions() {
     std::fs::copy(&new.key, &old.key).unwrap();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(server.child.as_ref().unwrap().id() as i32, libc::SIGHUP) };
-    let deadline = std::time::Instant::now() + WAIT;
-    while !server.stderr().contains("TLS certificate reloaded") {
-        assert!(std::time::Instant::now() < deadline, "{}", server.stderr());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.wait_log("TLS certificate reloaded");
     let mut after = starttls(server.port, &new.ca_der, b"");
     after.expect("EHLO client.test", "250-");
     // The session from before the reload is still there.

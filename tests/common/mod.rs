@@ -60,6 +60,27 @@ pub fn wait_until_not_listening(port: u16) {
     panic!("port {port} still has a listener");
 }
 
+/// `ringpost CMD --config bad.toml` with `toml` in that file, run to its end.
+pub fn run_with_config(cmd: &str, toml: &str) -> std::process::Output {
+    let dir = TempDir::new("cfg");
+    let cfg = dir.0.join("bad.toml");
+    std::fs::write(&cfg, toml).expect("write config");
+    Command::new(binary())
+        .args([cmd, "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run ringpost")
+}
+
+/// Polls `done` every 50 ms; fails the test naming `what` after `WAIT`.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind :0")
@@ -145,6 +166,19 @@ impl Server {
 
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Waits until the server's log says `needle` (info lines are flushed within a second).
+    pub fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.stderr().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "the log never said {needle:?}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn queue_dir(&self) -> PathBuf {
