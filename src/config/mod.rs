@@ -298,8 +298,9 @@ pub struct Delivery {
     )]
     pub max_age: Duration,
     /// Connections per site, opened only while mail waits. 32, KumoMTA's default: a
-    /// relay's outbound side keeps up with 50 busy inbound sessions (16 left a backlog
-    /// here); a receiver that wants fewer says 421, and that is a deferral.
+    /// relay's outbound side keeps up with 50 busy inbound sessions (with 16 mail queues
+    /// up: see `benches/ab.sh` in the README); a receiver that wants fewer says 421, and
+    /// that is a deferral.
     pub max_connections_per_host: u32,
     /// Where a site's connections live. `shard`: every shard delivers the mail it
     /// accepted over its own pool for the site, with `max_connections_per_host` divided
