@@ -3,8 +3,9 @@
 # machine drift hits every side alike: smtp-source -> ringpost -> smtp-sink (static route),
 # 50 sessions of lock-step SMTP, fsync on. Per run: accepted msgs/s (until smtp-source is
 # done), end-to-end msgs/s (until smtp-sink has all), ringpost CPU per message (user part
-# too), then fsync and store p50 from /metrics. CEILING=1 first measures smtp-source ->
-# smtp-sink alone, with the CPU each of them spends per message.
+# too) and smtp-sink's, then fsync and store p50 and the share of messages whose envelope went out behind
+# another's content, from /metrics. CEILING=1 first measures smtp-source -> smtp-sink
+# alone, with the CPU each of them spends per message.
 #
 # Needs root (own network namespace) and Debian's postfix package for smtp-source/sink.
 # Usage: benches/ab.sh BINARY [BINARY ...]   (default ./target/release/ringpost)
@@ -49,17 +50,23 @@ for round in $(seq "$ROUNDS"); do
     up 2638 || { echo "$bin did not start: $(tail -2 "$TMP/rp.log")"; exit 1; }
     start_sink
     read -r u0 s0 < <(ticks "$RP")
+    read -r k0 j0 < <(ticks "$SINK")
     t0=$(date +%s.%N); source_run 2638; t1=$(date +%s.%N)
     deadline=$((SECONDS + 120))
     while [ "$(sink_count)" -lt "$N" ] 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.01; done
     t2=$(date +%s.%N)
     read -r u1 s1 < <(ticks "$RP")
+    read -r k1 j1 < <(ticks "$SINK")
     stop_sink
-    p50=$(curl -s http://127.0.0.1:2639/metrics | grep -E '^ringpost_(fsync|store)_seconds\{quantile="0\.5"' | awk '{printf "%s %.0f us  ", $1, $2*1e6}' | sed 's/ringpost_//g; s/_seconds{quantile="0.5"}/ p50/g')
+    curl -s http://127.0.0.1:2639/metrics >"$TMP/metrics"
+    p50=$(grep -E '^ringpost_(fsync|store)_seconds\{quantile="0\.5"' "$TMP/metrics" | awk '{printf "%s %.0f us  ", $1, $2*1e6}' | sed 's/ringpost_//g; s/_seconds{quantile="0.5"}/ p50/g')
+    p50="$p50$(awk '/^ringpost_outbound_transactions_total/ {t += $2} /^ringpost_outbound_chained_total/ {c += $2}
+      END {if (t) printf "chained %.0f%%", 100*c/t}' "$TMP/metrics")"
     kill $RP; wait $RP 2>/dev/null
-    awk -v n="$N" -v hz="$(getconf CLK_TCK)" -v b="$bin" -v t="$t0 $t1 $t2" -v c="$u0 $u1 $s0 $s1" -v m="$p50" 'BEGIN {
-      split(t, x, " "); split(c, k, " ");
-      printf "%s: accept %.0f/s  e2e %.0f/s  cpu %.1f us/msg (user %.1f)  %s\n", b, n/(x[2]-x[1]), n/(x[3]-x[1]),
-        1e6*(k[2]-k[1]+k[4]-k[3])/hz/n, 1e6*(k[2]-k[1])/hz/n, m }'
+    awk -v n="$N" -v hz="$(getconf CLK_TCK)" -v b="$bin" -v t="$t0 $t1 $t2" -v c="$u0 $u1 $s0 $s1" -v m="$p50" -v sk="$k0 $k1 $j0 $j1" 'BEGIN {
+      split(t, x, " "); split(c, k, " "); split(sk, q, " ");
+      printf "%s: accept %.0f/s  e2e %.0f/s  cpu %.1f us/msg (user %.1f)  sink cpu %.1f us/msg  %s\n", b,
+        n/(x[2]-x[1]), n/(x[3]-x[1]), 1e6*(k[2]-k[1]+k[4]-k[3])/hz/n, 1e6*(k[2]-k[1])/hz/n,
+        1e6*(q[2]-q[1]+q[4]-q[3])/hz/n, m }'
   done
 done

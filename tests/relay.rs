@@ -601,16 +601,66 @@ fn a_message_chained_behind_a_dropped_one_is_delivered_not_deferred() {
     assert_eq!(r.sink_stats()["duplicates"].as_u64().unwrap_or(0), 0);
     let mut r = r;
     assert!(r.server.terminate().success());
-    let chained: u64 = r
-        .server
-        .stderr()
-        .lines()
-        .filter_map(|l| l.split(" transactions (").nth(1))
-        .filter_map(|rest| rest.split(' ').next()?.parse::<u64>().ok())
-        .sum();
+    let (_, chained) = delivery_summary(&r.server.stderr());
     assert!(
         chained > 0,
         "no envelope rode behind a content: {}",
+        r.server.stderr()
+    );
+}
+
+/// The shard summary's "N connections, M transactions (K chained)" at shutdown, summed.
+fn delivery_summary(stderr: &str) -> (u64, u64) {
+    let mut connections = 0;
+    let mut chained = 0;
+    for line in stderr.lines().filter(|l| l.contains(" transactions (")) {
+        let number = |after: &str| -> u64 {
+            line.split(after)
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        connections += number("delivery: ");
+        chained += number(" transactions (");
+    }
+    (connections, chained)
+}
+
+#[test]
+fn a_message_for_a_busy_site_rides_behind_the_transaction_in_flight() {
+    // The first message's envelope is out and its 354 is slow in coming: a second message
+    // for the same site waits for that connection (its envelope goes out behind the first
+    // content) instead of opening another, though the pool may grow to 4.
+    let r = Relay::start(
+        "",
+        RELAY_POLICY,
+        "max_connections_per_host = 4\n",
+        &["--no-tls", "--slow-latency", "800ms"],
+    );
+    let mut c = r.server.connect();
+    c.greet();
+    let reply = c.send_message(
+        "s@sender.test",
+        &["slow@sink.test"],
+        b"Subject: 1\r\n\r\nx\r\n",
+    );
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    std::thread::sleep(Duration::from_millis(200));
+    let reply = c.send_message(
+        "s@sender.test",
+        &["u2@sink.test"],
+        b"Subject: 2\r\n\r\nx\r\n",
+    );
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    c.expect_cmd("QUIT", "221");
+    r.wait_sink("messages", 2);
+    let mut r = r;
+    assert!(r.server.terminate().success());
+    let (connections, chained) = delivery_summary(&r.server.stderr());
+    assert_eq!(
+        (connections, chained),
+        (1, 1),
+        "one connection, the second message chained: {}",
         r.server.stderr()
     );
 }

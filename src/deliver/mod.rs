@@ -97,6 +97,9 @@ struct SiteQueue {
     work: Notify,
     connections: Cell<u32>,
     idle: Cell<u32>,
+    /// Connections whose envelope is out and whose content is not yet written: each will
+    /// look at `ready` before that write and chain the next message behind its content.
+    chainers: Cell<u32>,
     /// Connections opened so far: which equal-preference host the next one starts at.
     opened: Cell<usize>,
 }
@@ -174,19 +177,20 @@ impl Deliverer {
                     work: Notify::default(),
                     connections: Cell::new(0),
                     idle: Cell::new(0),
+                    chainers: Cell::new(0),
                     opened: Cell::new(0),
                 })
             }))
         };
         sq.ready.borrow_mut().push_back(job);
-        sq.work.notify_all();
+        sq.wake_for_unreserved();
         self.grow(&sq);
     }
 
     fn grow(self: &Rc<Self>, sq: &Rc<SiteQueue>) {
         let waiting = sq.ready.borrow().len() as u32;
         if self.stopping.get()
-            || waiting <= sq.idle.get()
+            || waiting <= sq.idle.get() + sq.chainers.get()
             || sq.connections.get() >= self.cfg.max_connections_per_host
         {
             return;
@@ -289,7 +293,7 @@ impl Deliverer {
                     let chain = (out.caps.pipelining
                         && !out.lmtp
                         && sent + 1 < self.cfg.max_messages_per_connection)
-                        .then_some(&*sq);
+                        .then_some(&sq);
                     let done = self
                         .transaction(&mut out, prepared, cached, presented, chain)
                         .await;
@@ -308,7 +312,7 @@ impl Deliverer {
                             // had died, or broke before the job's first reply): it goes
                             // first on a fresh connection.
                             sq.ready.borrow_mut().push_front(*job);
-                            sq.work.notify_all();
+                            sq.wake_for_unreserved();
                             false
                         }
                     };
@@ -339,24 +343,27 @@ impl Deliverer {
     /// when the connection had to wait for it.
     async fn next_job(&self, sq: &SiteQueue) -> Option<(Job, bool)> {
         let mut waited = false;
+        let mut timed_out = false;
         loop {
             if self.stopping.get() {
                 return None;
             }
+            // A wake and the idle timeout may land together: the job is taken either way.
             if let Some(job) = sq.ready.borrow_mut().pop_front() {
                 return Some((job, waited));
             }
+            if timed_out {
+                return None;
+            }
             waited = true;
             sq.idle.set(sq.idle.get() + 1);
-            let woke = glommio::timer::timeout(self.cfg.idle_timeout, async {
+            timed_out = glommio::timer::timeout(self.cfg.idle_timeout, async {
                 sq.work.notified().await;
                 Ok(())
             })
-            .await;
+            .await
+            .is_err();
             sq.idle.set(sq.idle.get() - 1);
-            if woke.is_err() {
-                return None;
-            }
         }
     }
 
@@ -540,9 +547,11 @@ impl Deliverer {
             Err(e) => Err(e),
         };
         match content {
-            Ok(content) if content.len() as u64 == job.content_len => {
-                Some(Prepared { job, content })
-            }
+            Ok(content) if content.len() as u64 == job.content_len => Some(Prepared {
+                job,
+                content,
+                reservation: None,
+            }),
             Ok(_) => {
                 self.report_all(
                     &job,
@@ -575,10 +584,14 @@ impl Deliverer {
         prepared: Prepared,
         cached: bool,
         presented: bool,
-        chain: Option<&SiteQueue>,
+        chain: Option<&Rc<SiteQueue>>,
     ) -> Done {
         self.count(|s| s.transactions += 1);
-        let Prepared { job, content } = prepared;
+        let Prepared {
+            job,
+            content,
+            reservation,
+        } = prepared;
         let mut tx = Transaction::new(job.rcpts.len(), out.caps.pipelining, out.lmtp);
         let lost = Failure::Lost(format!(
             "451 4.4.2 {}: connection lost during the transaction",
@@ -590,6 +603,7 @@ impl Deliverer {
             content: &content,
             presented,
             chain,
+            reservation,
         };
         let result = self.drive(out, exchange, &mut tx, &mut next).await;
         if result.is_err() && cached && tx.untouched() {
@@ -623,10 +637,12 @@ impl Deliverer {
     }
 
     /// The next message of the site for chaining, prepared; None when none is waiting.
-    async fn chain_next(&self, out: &Outbound, sq: &SiteQueue) -> Option<Prepared> {
+    async fn chain_next(&self, out: &Outbound, sq: &Rc<SiteQueue>) -> Option<Prepared> {
         loop {
             let job = sq.ready.borrow_mut().pop_front()?;
-            if let Some(p) = self.prepare(out, job).await {
+            if let Some(mut p) = self.prepare(out, job).await {
+                // Its envelope goes out now: the connection chains again after its content.
+                p.reservation = Some(Reservation::new(sq));
                 return Some(p);
             }
         }
@@ -647,7 +663,11 @@ impl Deliverer {
             content,
             presented,
             chain,
+            mut reservation,
         } = x;
+        if !presented {
+            reservation = chain.map(Reservation::new);
+        }
         // `out.buf` is the connection's one write buffer: no allocation per transaction.
         if !presented {
             out.buf.clear();
@@ -687,6 +707,8 @@ impl Deliverer {
                             self.count(|s| s.chained += 1);
                         }
                     }
+                    // This connection's chance to chain is spent.
+                    drop(reservation.take());
                     out.conn.send(&out.buf).await?;
                 }
                 Step::SendEmpty => out.conn.send(b".\r\n").await?,
@@ -716,6 +738,9 @@ enum Done {
 struct Prepared {
     job: Job,
     content: glommio::io::ReadResult,
+    /// Chained: its envelope is out, and its connection counts as a chainer until its
+    /// content is written.
+    reservation: Option<Reservation>,
 }
 
 /// What one transaction sends.
@@ -723,7 +748,39 @@ struct Exchange<'a> {
     job: &'a Job,
     content: &'a [u8],
     presented: bool,
-    chain: Option<&'a SiteQueue>,
+    chain: Option<&'a Rc<SiteQueue>>,
+    reservation: Option<Reservation>,
+}
+
+/// A connection counted in its site's `chainers` from its envelope to its content. New
+/// messages up to that count are left for the chainers (one write and one round trip
+/// each, on the next hop too) instead of waking idle connections (two of each); when it
+/// ends, by its content or by any failure, those beyond the remaining chainers wake idle
+/// connections.
+struct Reservation(Rc<SiteQueue>);
+
+impl Reservation {
+    fn new(sq: &Rc<SiteQueue>) -> Reservation {
+        sq.chainers.set(sq.chainers.get() + 1);
+        Reservation(Rc::clone(sq))
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let sq = &self.0;
+        sq.chainers.set(sq.chainers.get() - 1);
+        sq.wake_for_unreserved();
+    }
+}
+
+impl SiteQueue {
+    /// Wakes an idle connection when more messages wait than the chainers will take.
+    fn wake_for_unreserved(&self) {
+        if self.ready.borrow().len() > self.chainers.get() as usize {
+            self.work.notify_one();
+        }
+    }
 }
 
 fn out_envelope(job: &Job) -> OutEnvelope<'_> {

@@ -179,6 +179,16 @@ impl Notify {
         }
     }
 
+    /// Wakes one waiter. Every `Notified` taken before this call completes when next
+    /// polled (the woken one, and any polled for another reason, which then looks again).
+    pub fn notify_one(&self) {
+        self.generation.set(self.generation.get() + 1);
+        let next = self.waiters.borrow_mut().pop();
+        if let Some(w) = next {
+            w.wake();
+        }
+    }
+
     pub fn notified(&self) -> Notified<'_> {
         Notified {
             notify: self,
