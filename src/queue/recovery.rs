@@ -91,6 +91,7 @@ pub struct Recovered {
 /// What one segment holds, in order.
 pub struct SegmentScan {
     pub records: Vec<(u64, Record)>,
+    /// Where the last good record ends: zeros after it (written ahead) are not data.
     pub end: u64,
     pub torn: Option<TornTail>,
 }
@@ -99,11 +100,14 @@ pub struct SegmentScan {
 pub fn scan_segment(path: &Path, image: &[u8]) -> SegmentScan {
     let mut records = Vec::new();
     let mut at = 0usize;
+    // The end of the last record: zeros after it (padding, or written ahead) are not data.
+    let mut end = 0usize;
     while at < image.len() {
         match record::decode(&image[at..]) {
             Ok((rec, n)) => {
                 records.push((at as u64, rec));
                 at += n;
+                end = at;
             }
             Err(DecodeError::BadMagic | DecodeError::Truncated) if is_padding(image, at) => {
                 // Zeros to the next commit boundary, or to the end of what was written.
@@ -126,7 +130,7 @@ pub fn scan_segment(path: &Path, image: &[u8]) -> SegmentScan {
     }
     SegmentScan {
         records,
-        end: at as u64,
+        end: end as u64,
         torn: None,
     }
 }
@@ -265,6 +269,27 @@ mod tests {
         let torn = scan.torn.unwrap();
         assert_eq!(torn.offset, good_end as u64);
         assert_eq!(torn.error, DecodeError::Truncated);
+    }
+
+    #[test]
+    fn zeros_written_ahead_end_the_segment_cleanly() {
+        let mut img = Vec::new();
+        message(&mut img, 1, b"one\r\n");
+        message(&mut img, 2, b"two\r\n");
+        let end = img.len();
+        img.resize(end + 256 * 1024, 0);
+        let scan = scan_segment(Path::new("x"), &img);
+        assert_eq!(scan.records.len(), 2);
+        assert!(scan.torn.is_none());
+        assert_eq!(scan.end, end as u64);
+        // A record torn by a crash, with the zeros still after it, is a torn tail there.
+        let mut img = img[..end].to_vec();
+        message(&mut img, 3, b"three, torn\r\n");
+        img.truncate(img.len() - 4);
+        img.resize(end + 256 * 1024, 0);
+        let scan = scan_segment(Path::new("x"), &img);
+        assert_eq!(scan.records.len(), 2);
+        assert_eq!(scan.torn.map(|t| t.offset), Some(end as u64));
     }
 
     #[test]
