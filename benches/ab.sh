@@ -10,7 +10,8 @@
 # Needs root (own network namespace) and Debian's postfix package for smtp-source/sink.
 # Usage: benches/ab.sh BINARY [BINARY ...]   (default ./target/release/ringpost)
 # Env:   N (20000 messages per run) R (1 recipient) ROUNDS (2) SHARDS (1) EXTRA (TOML lines,
-#        e.g. $'[delivery]\nmax_connections_per_host = 16'; no [queue] or [tuning]) CEILING
+#        e.g. $'[delivery]\nmax_connections_per_host = 16'; no [queue] or [tuning]) QUEUE
+#        (lines for [queue], e.g. 'commit_window = "100us"') CEILING
 set -u
 if [ -z "${AB_IN_NETNS:-}" ]; then exec unshare --net env AB_IN_NETNS=1 bash "$0" "$@"; fi
 ip link set lo up
@@ -44,8 +45,8 @@ fi
 for round in $(seq "$ROUNDS"); do
   for bin in "$@"; do
     rm -rf "$TMP/q"
-    printf '[server]\nhostname = "ringpost.bench.test"\n[[listen]]\naddr = "127.0.0.1:2638"\n[policy]\nrelay_domains = ["sink.test"]\nrelay_networks = ["127.0.0.0/8"]\n[queue]\ndir = "%s/q"\n[[route]]\ndomain = "sink.test"\nsmarthost = "127.0.0.1:2637"\n[tuning]\nshards = %s\n[admin]\nlisten = "127.0.0.1:2639"\n%s\n' \
-      "$TMP" "$SHARDS" "${EXTRA:-}" >"$TMP/rp.toml"
+    printf '[server]\nhostname = "ringpost.bench.test"\n[[listen]]\naddr = "127.0.0.1:2638"\n[policy]\nrelay_domains = ["sink.test"]\nrelay_networks = ["127.0.0.0/8"]\n[queue]\ndir = "%s/q"\n%s\n[[route]]\ndomain = "sink.test"\nsmarthost = "127.0.0.1:2637"\n[tuning]\nshards = %s\n[admin]\nlisten = "127.0.0.1:2639"\n%s\n' \
+      "$TMP" "${QUEUE:-}" "$SHARDS" "${EXTRA:-}" >"$TMP/rp.toml"
     "$bin" serve --config "$TMP/rp.toml" >"$TMP/rp.log" 2>&1 & RP=$!
     up 2638 || { echo "$bin did not start: $(tail -2 "$TMP/rp.log")"; exit 1; }
     start_sink
