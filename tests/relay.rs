@@ -635,7 +635,7 @@ fn a_message_for_a_busy_site_rides_behind_the_transaction_in_flight() {
         "",
         RELAY_POLICY,
         "max_connections_per_host = 4\n",
-        &["--no-tls", "--slow-latency", "800ms"],
+        &["--no-tls", "--slow-latency", "600ms"],
     );
     let mut c = r.server.connect();
     c.greet();
@@ -645,7 +645,7 @@ fn a_message_for_a_busy_site_rides_behind_the_transaction_in_flight() {
         b"Subject: 1\r\n\r\nx\r\n",
     );
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(150));
     let reply = c.send_message(
         "s@sender.test",
         &["u2@sink.test"],
@@ -663,4 +663,44 @@ fn a_message_for_a_busy_site_rides_behind_the_transaction_in_flight() {
         "one connection, the second message chained: {}",
         r.server.stderr()
     );
+}
+
+#[test]
+fn mail_left_for_a_stalled_connection_goes_on_another_before_long() {
+    // The first message's next hop holds its 354 for 8 s. The second message is left for
+    // that connection at first (it is about to chain), but after about a second without
+    // progress an idle or a new connection takes it: it arrives long before the first.
+    let r = Relay::start(
+        "",
+        RELAY_POLICY,
+        "max_connections_per_host = 4\n",
+        &["--no-tls", "--slow-latency", "8s"],
+    );
+    let mut c = r.server.connect();
+    c.greet();
+    let reply = c.send_message(
+        "s@sender.test",
+        &["slow@sink.test"],
+        b"Subject: 1\r\n\r\nx\r\n",
+    );
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    std::thread::sleep(Duration::from_millis(150));
+    let reply = c.send_message(
+        "s@sender.test",
+        &["u2@sink.test"],
+        b"Subject: 2\r\n\r\nx\r\n",
+    );
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    c.expect_cmd("QUIT", "221");
+    r.wait_for("u2@sink.test");
+    let slow_arrived = r.recorded().iter().any(|(env, _)| {
+        env["rcpt_to"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "slow@sink.test"))
+    });
+    assert!(
+        !slow_arrived,
+        "the second message waited for the stalled one"
+    );
+    r.wait_sink("messages", 2);
 }

@@ -27,10 +27,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Open segment files kept per shard for reading message content.
 const OPEN_SEGMENTS_MAX: usize = 64;
+
+/// Mail left for connections about to chain waits at most about this long (twice it, by
+/// the sweep's period) before an idle or a new connection takes it: a next hop that stalls
+/// its reply to DATA holds up nothing else for long.
+const CHAIN_WAIT_MAX: Duration = Duration::from_secs(1);
 
 /// One message's recipients for one site: what the owner shard needs to deliver it.
 #[derive(Debug, Clone)]
@@ -100,6 +105,8 @@ struct SiteQueue {
     /// Connections whose envelope is out and whose content is not yet written: each will
     /// look at `ready` before that write and chain the next message behind its content.
     chainers: Cell<u32>,
+    /// When a message was last taken from `ready` (or the queue was created).
+    last_taken: Cell<Instant>,
     /// Connections opened so far: which equal-preference host the next one starts at.
     opened: Cell<usize>,
 }
@@ -178,6 +185,7 @@ impl Deliverer {
                     connections: Cell::new(0),
                     idle: Cell::new(0),
                     chainers: Cell::new(0),
+                    last_taken: Cell::new(Instant::now()),
                     opened: Cell::new(0),
                 })
             }))
@@ -188,15 +196,45 @@ impl Deliverer {
     }
 
     fn grow(self: &Rc<Self>, sq: &Rc<SiteQueue>) {
+        self.grow_beyond(sq, sq.chainers.get());
+    }
+
+    /// Opens a connection when more mail waits than idle connections and `reserved`
+    /// (the chainers that will take some) can carry.
+    fn grow_beyond(self: &Rc<Self>, sq: &Rc<SiteQueue>, reserved: u32) {
         let waiting = sq.ready.borrow().len() as u32;
         if self.stopping.get()
-            || waiting <= sq.idle.get() + sq.chainers.get()
+            || waiting <= sq.idle.get() + reserved
             || sq.connections.get() >= self.cfg.max_connections_per_host
         {
             return;
         }
         sq.connections.set(sq.connections.get() + 1);
         glommio::spawn_local(Rc::clone(self).connection(Rc::clone(sq))).detach();
+    }
+
+    /// Every `CHAIN_WAIT_MAX`: a site whose waiting mail nobody took for that long (its
+    /// chainers are stalled) gets an idle connection woken, or a new one, regardless of
+    /// the chainers. Runs until the deliverer stops.
+    pub async fn sweep_reservations(self: Rc<Self>) {
+        while !self.stopping.get() {
+            glommio::timer::sleep(CHAIN_WAIT_MAX).await;
+            let stuck: Vec<Rc<SiteQueue>> = self
+                .sites
+                .borrow()
+                .values()
+                .filter(|sq| {
+                    sq.chainers.get() > 0
+                        && !sq.ready.borrow().is_empty()
+                        && sq.last_taken.get().elapsed() >= CHAIN_WAIT_MAX
+                })
+                .cloned()
+                .collect();
+            for sq in &stuck {
+                sq.work.notify_one();
+                self.grow_beyond(sq, 0);
+            }
+        }
     }
 
     /// Open outbound connections, and the ready depth of each site, for the metrics.
@@ -350,6 +388,7 @@ impl Deliverer {
             }
             // A wake and the idle timeout may land together: the job is taken either way.
             if let Some(job) = sq.ready.borrow_mut().pop_front() {
+                sq.last_taken.set(Instant::now());
                 return Some((job, waited));
             }
             if timed_out {
@@ -640,6 +679,7 @@ impl Deliverer {
     async fn chain_next(&self, out: &Outbound, sq: &Rc<SiteQueue>) -> Option<Prepared> {
         loop {
             let job = sq.ready.borrow_mut().pop_front()?;
+            sq.last_taken.set(Instant::now());
             if let Some(mut p) = self.prepare(out, job).await {
                 // Its envelope goes out now: the connection chains again after its content.
                 p.reservation = Some(Reservation::new(sq));

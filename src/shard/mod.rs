@@ -324,6 +324,7 @@ async fn shard_main(place: Place, inputs: Inputs) -> Option<Finished> {
         links.dispatcher(),
     ));
     links.connect(Rc::clone(&deliverer), Rc::clone(&qmgr), receivers);
+    glommio::spawn_local(Rc::clone(&deliverer).sweep_reservations()).detach();
     qmgr.recover();
     let retries = glommio::spawn_local(Rc::clone(&qmgr).retry_loop());
     let s = &config.server;
