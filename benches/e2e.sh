@@ -11,10 +11,12 @@
 #
 # Usage: benches/e2e.sh            (builds release binaries first)
 # Env:   MSGS (20000) SIZE (1k) CONNS ("1 50 500") MODE (all | ceiling | relay)
+#        RCPTS (1: recipients per message, all at sink.test: one transaction each)
 #        SETTLE (30: seconds to wait for delivery to the sink after sending)
 set -u
 cd "$(dirname "$0")/.."
 MSGS=${MSGS:-20000} SIZE=${SIZE:-1k} CONNS=${CONNS:-"1 50 500"} MODE=${MODE:-all} SETTLE=${SETTLE:-30}
+RCPTS=${RCPTS:-1}
 cargo build --release --workspace >/dev/null 2>&1 || { echo "cargo build --release failed"; exit 2; }
 RP=target/release/ringpost LG=target/release/loadgen
 TMP=$(mktemp -d /tmp/ringpost-e2e.XXXXXX)
@@ -41,7 +43,8 @@ row() { printf '%-34s %6s %10s %9s %9s %11s %12s %10s %9s\n' "$@"; }
 for c in $CONNS; do
   if [ "$MODE" = all ] || [ "$MODE" = ceiling ]; then
     start_sink
-    $LG send --target 127.0.0.1:$SINK_PORT --connections "$c" --shards 1 --messages "$MSGS" --size "$SIZE" --seed 1 --json "$TMP/send.json" >/dev/null 2>&1
+    $LG send --target 127.0.0.1:$SINK_PORT --connections "$c" --shards 1 --messages "$MSGS" --size "$SIZE" \
+      --rcpts-per-message "$RCPTS" --seed 1 --json "$TMP/send.json" >/dev/null 2>&1
     sleep 0.5
     row "loadgen send -> loadgen sink" "$c" "$(json "$TMP/send.json" "round(d['msgs_per_s'])")" \
       "$(json "$TMP/send.json" "d['message']['p50_us']/1000")" "$(json "$TMP/send.json" "d['message']['p99_us']/1000")" "-" "-" \
@@ -51,7 +54,7 @@ for c in $CONNS; do
       smtp-sink -u nobody -c 127.0.0.1:$SRC_SINK_PORT 5000 >"$TMP/ssink.out" 2>/dev/null &
       SS=$!; PIDS+=($SS); up $SRC_SINK_PORT
       t0=$(date +%s.%N)
-      timeout 600 smtp-source -d -s "$c" -m "$MSGS" -l "$size_bytes" -f a@bench.test -t r@sink.test 127.0.0.1:$SRC_SINK_PORT >/dev/null 2>&1
+      timeout 600 smtp-source -d -s "$c" -m "$MSGS" -l "$size_bytes" -r "$RCPTS" -f a@bench.test -t r@sink.test 127.0.0.1:$SRC_SINK_PORT >/dev/null 2>&1
       t1=$(date +%s.%N)
       kill $SS 2>/dev/null; wait $SS 2>/dev/null
       row "smtp-source -> smtp-sink" "$c" "$(echo "$t0 $t1 $MSGS" | awk '{printf "%.0f", $3/($2-$1)}')" "-" "-" "-" "-" "-" "-"
@@ -79,7 +82,8 @@ CF
     $RP serve --config "$TMP/ringpost.toml" >"$TMP/rp.out" 2>"$TMP/rp.err" &
     RP_PID=$!; PIDS+=($RP_PID); up $RP_PORT || { echo "ringpost did not start: $(tail -3 "$TMP/rp.err")"; exit 1; }
     c0=$(cpu_ticks $RP_PID); t0=$(date +%s.%N); t1=""
-    $LG send --target 127.0.0.1:$RP_PORT --connections "$c" --shards 1 --messages "$MSGS" --size "$SIZE" --seed 2 --json "$TMP/send.json" >/dev/null 2>&1
+    $LG send --target 127.0.0.1:$RP_PORT --connections "$c" --shards 1 --messages "$MSGS" --size "$SIZE" \
+      --rcpts-per-message "$RCPTS" --seed 2 --json "$TMP/send.json" >/dev/null 2>&1
     for _ in $(seq $((SETTLE * 10))); do
       if [ "$(json "$TMP/sink.json" "d['delivered_messages']" 2>/dev/null || echo 0)" -ge "$MSGS" ]; then t1=$(date +%s.%N); break; fi
       sleep 0.1
@@ -95,6 +99,6 @@ CF
     stop_sink
   fi
 done
-echo "($MSGS messages of $SIZE per row; sent/s and latency (MAIL to the final 250) as seen by the sender;"
+echo "($MSGS messages of $SIZE, $RCPTS recipient(s) each, per row; sent/s and latency (MAIL to the final 250) as seen by the sender;"
 echo " e2e = until the sink has every message; CPU = ringpost's user+system time per message;"
 echo " delivered = distinct intact messages at the sink; msgs/conn = messages per delivery connection)"

@@ -43,3 +43,4 @@ MSGS=$MSGS SIZE=1k CONNS=50 MODE=relay benches/e2e.sh 2>&1 | head -1 | sed 's/^/
 for size in 1k 10k 100k; do
   MSGS=$MSGS SIZE=$size CONNS=50 MODE=relay benches/e2e.sh 2>&1 | grep "ringpost -> sink" | sed "s/^/$(printf '%-6s' $size) /"
 done
+MSGS=$MSGS SIZE=1k RCPTS=10 CONNS=50 MODE=relay benches/e2e.sh 2>&1 | grep "ringpost -> sink" | sed "s/^/1k x10 /"
