@@ -626,35 +626,37 @@ fn delivery_summary(stderr: &str) -> (u64, u64) {
     (connections, chained)
 }
 
-#[test]
-fn a_message_for_a_busy_site_rides_behind_the_transaction_in_flight() {
-    // The first message's envelope is out and its 354 is slow in coming: a second message
-    // for the same site waits for that connection (its envelope goes out behind the first
-    // content) instead of opening another, though the pool may grow to 4.
+/// A relay (up to 4 connections per site) whose next hop holds its reply to the first
+/// message's DATA for `slow`, and a second message for the same site sent 150 ms after
+/// the first, when the first connection's envelope is out.
+fn second_message_behind_a_slow_one(slow: &str) -> Relay {
     let r = Relay::start(
         "",
         RELAY_POLICY,
         "max_connections_per_host = 4\n",
-        &["--no-tls", "--slow-latency", "600ms"],
+        &["--no-tls", "--slow-latency", slow],
     );
     let mut c = r.server.connect();
     c.greet();
-    let reply = c.send_message(
-        "s@sender.test",
-        &["slow@sink.test"],
-        b"Subject: 1\r\n\r\nx\r\n",
-    );
-    assert!(reply.starts_with("250 2.0.0"), "{reply}");
-    std::thread::sleep(Duration::from_millis(150));
-    let reply = c.send_message(
-        "s@sender.test",
-        &["u2@sink.test"],
-        b"Subject: 2\r\n\r\nx\r\n",
-    );
-    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    for (i, rcpt) in ["slow@sink.test", "u2@sink.test"].into_iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        let body = format!("Subject: {i}\r\n\r\nx\r\n");
+        let reply = c.send_message("s@sender.test", &[rcpt], body.as_bytes());
+        assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    }
     c.expect_cmd("QUIT", "221");
+    r
+}
+
+#[test]
+fn a_message_for_a_busy_site_rides_behind_the_transaction_in_flight() {
+    // The first message's envelope is out and its 354 is slow in coming: the second
+    // waits for that connection (its envelope goes out behind the first content) instead
+    // of opening another, though the pool may grow to 4.
+    let mut r = second_message_behind_a_slow_one("600ms");
     r.wait_sink("messages", 2);
-    let mut r = r;
     assert!(r.server.terminate().success());
     let (connections, chained) = delivery_summary(&r.server.stderr());
     assert_eq!(
@@ -667,31 +669,10 @@ fn a_message_for_a_busy_site_rides_behind_the_transaction_in_flight() {
 
 #[test]
 fn mail_left_for_a_stalled_connection_goes_on_another_before_long() {
-    // The first message's next hop holds its 354 for 8 s. The second message is left for
-    // that connection at first (it is about to chain), but after about a second without
+    // The next hop holds the first message's 354 for 8 s. The second is left for that
+    // connection at first (it is about to chain), but after about a second without
     // progress an idle or a new connection takes it: it arrives long before the first.
-    let r = Relay::start(
-        "",
-        RELAY_POLICY,
-        "max_connections_per_host = 4\n",
-        &["--no-tls", "--slow-latency", "8s"],
-    );
-    let mut c = r.server.connect();
-    c.greet();
-    let reply = c.send_message(
-        "s@sender.test",
-        &["slow@sink.test"],
-        b"Subject: 1\r\n\r\nx\r\n",
-    );
-    assert!(reply.starts_with("250 2.0.0"), "{reply}");
-    std::thread::sleep(Duration::from_millis(150));
-    let reply = c.send_message(
-        "s@sender.test",
-        &["u2@sink.test"],
-        b"Subject: 2\r\n\r\nx\r\n",
-    );
-    assert!(reply.starts_with("250 2.0.0"), "{reply}");
-    c.expect_cmd("QUIT", "221");
+    let r = second_message_behind_a_slow_one("8s");
     r.wait_for("u2@sink.test");
     let slow_arrived = r.recorded().iter().any(|(env, _)| {
         env["rcpt_to"]
