@@ -322,11 +322,7 @@ fn auto_sync(dir: &Path) -> SyncMode {
             let mode = ringpost::tune::sync_mode_for(p50);
             eprintln!(
                 "ringpost: queue sync {} (auto: fsync p50 {} us on {})",
-                if mode == SyncMode::Inline {
-                    "inline"
-                } else {
-                    "ring"
-                },
+                mode.name(),
                 p50.as_micros(),
                 dir.display()
             );

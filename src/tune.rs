@@ -138,18 +138,13 @@ pub fn suggest(m: &Machine, cpus: &[usize]) -> String {
     let _ = writeln!(s, "max_connections = {per_shard}");
     let _ = writeln!(s, "\n[queue]\n# Natural group commit when fsync is fast; a window of about a quarter of an fsync when not.");
     let _ = writeln!(s, "commit_window = \"{window_us}us\"");
-    let (sync, why) = if sync_mode_for(m.fsync_p50) == crate::config::SyncMode::Inline {
-        (
-            "inline",
-            "fsync is fast: the shard waits for it rather than for a worker thread",
-        )
+    let sync = sync_mode_for(m.fsync_p50);
+    let why = if sync == crate::config::SyncMode::Inline {
+        "fsync is fast: the shard waits for it rather than for a worker thread"
     } else {
-        (
-            "ring",
-            "fsync is slow: the shard keeps working while an io_uring worker waits",
-        )
+        "fsync is slow: the shard keeps working while an io_uring worker waits"
     };
-    let _ = writeln!(s, "# {why}.\nsync = \"{sync}\"");
+    let _ = writeln!(s, "# {why}.\nsync = \"{}\"", sync.name());
     if m.copy_on_write {
         let _ = writeln!(
             s,
@@ -158,7 +153,8 @@ pub fn suggest(m: &Machine, cpus: &[usize]) -> String {
     } else {
         let _ = writeln!(
             s,
-            "# Zeros written ahead of the records keep each commit's fdatasync a data write.\nzero_ahead_bytes = 262144"
+            "# Zeros written ahead of the records keep each commit's fdatasync a data write.\nzero_ahead_bytes = {}",
+            crate::config::Queue::default().zero_ahead_bytes
         );
     }
     let _ = writeln!(
@@ -174,7 +170,8 @@ pub fn suggest(m: &Machine, cpus: &[usize]) -> String {
     let _ = writeln!(s, "cpus = [{}]", list.join(", "));
     let _ = writeln!(
         s,
-        "ring_depth = {ring}\nio_memory_bytes = 1048576\nread_buffer_bytes = 16384"
+        "ring_depth = {ring}\nio_memory_bytes = {}\nread_buffer_bytes = 16384",
+        crate::config::Tuning::default().io_memory_bytes
     );
     let _ = writeln!(
         s,

@@ -272,6 +272,17 @@ pub enum SyncMode {
     Ring,
 }
 
+impl SyncMode {
+    /// The config word for the mode.
+    pub fn name(self) -> &'static str {
+        match self {
+            SyncMode::Auto => "auto",
+            SyncMode::Inline => "inline",
+            SyncMode::Ring => "ring",
+        }
+    }
+}
+
 impl Default for Queue {
     fn default() -> Self {
         Queue {

@@ -27,14 +27,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Open segment files kept per shard for reading message content.
 const OPEN_SEGMENTS_MAX: usize = 64;
 
-/// Mail left for connections about to chain waits at most about this long (twice it, by
-/// the sweep's period) before an idle or a new connection takes it: a next hop that stalls
-/// its reply to DATA holds up nothing else for long.
+/// The sweep's period: mail left for connections about to chain waits at most about two
+/// of these (nothing taken from the site's queue between two sweeps) before an idle or a
+/// new connection takes it: a next hop that stalls its reply to DATA holds up nothing else
+/// for long.
 const CHAIN_WAIT_MAX: Duration = Duration::from_secs(1);
 
 /// One message's recipients for one site: what the owner shard needs to deliver it.
@@ -105,8 +106,9 @@ struct SiteQueue {
     /// Connections whose envelope is out and whose content is not yet written: each will
     /// look at `ready` before that write and chain the next message behind its content.
     chainers: Cell<u32>,
-    /// When a message was last taken from `ready` (or the queue was created).
-    last_taken: Cell<Instant>,
+    /// Messages taken from `ready` since the last sweep (a count: no clock read per
+    /// message).
+    taken_since_sweep: Cell<u64>,
     /// Connections opened so far: which equal-preference host the next one starts at.
     opened: Cell<usize>,
 }
@@ -185,7 +187,7 @@ impl Deliverer {
                     connections: Cell::new(0),
                     idle: Cell::new(0),
                     chainers: Cell::new(0),
-                    last_taken: Cell::new(Instant::now()),
+                    taken_since_sweep: Cell::new(0),
                     opened: Cell::new(0),
                 })
             }))
@@ -213,9 +215,9 @@ impl Deliverer {
         glommio::spawn_local(Rc::clone(self).connection(Rc::clone(sq))).detach();
     }
 
-    /// Every `CHAIN_WAIT_MAX`: a site whose waiting mail nobody took for that long (its
-    /// chainers are stalled) gets an idle connection woken, or a new one, regardless of
-    /// the chainers. Runs until the deliverer stops.
+    /// Every `CHAIN_WAIT_MAX`: a site whose waiting mail nobody took since the last sweep
+    /// (its chainers are stalled) gets an idle connection woken, or a new one, regardless
+    /// of the chainers. Runs until the deliverer stops.
     pub async fn sweep_reservations(self: Rc<Self>) {
         while !self.stopping.get() {
             glommio::timer::sleep(CHAIN_WAIT_MAX).await;
@@ -224,9 +226,9 @@ impl Deliverer {
                 .borrow()
                 .values()
                 .filter(|sq| {
-                    sq.chainers.get() > 0
-                        && !sq.ready.borrow().is_empty()
-                        && sq.last_taken.get().elapsed() >= CHAIN_WAIT_MAX
+                    // Every site's count starts again at each sweep.
+                    let stalled = sq.taken_since_sweep.replace(0) == 0;
+                    stalled && sq.chainers.get() > 0 && !sq.ready.borrow().is_empty()
                 })
                 .cloned()
                 .collect();
@@ -388,7 +390,7 @@ impl Deliverer {
             }
             // A wake and the idle timeout may land together: the job is taken either way.
             if let Some(job) = sq.ready.borrow_mut().pop_front() {
-                sq.last_taken.set(Instant::now());
+                sq.taken_since_sweep.set(sq.taken_since_sweep.get() + 1);
                 return Some((job, waited));
             }
             if timed_out {
@@ -679,7 +681,7 @@ impl Deliverer {
     async fn chain_next(&self, out: &Outbound, sq: &Rc<SiteQueue>) -> Option<Prepared> {
         loop {
             let job = sq.ready.borrow_mut().pop_front()?;
-            sq.last_taken.set(Instant::now());
+            sq.taken_since_sweep.set(sq.taken_since_sweep.get() + 1);
             if let Some(mut p) = self.prepare(out, job).await {
                 // Its envelope goes out now: the connection chains again after its content.
                 p.reservation = Some(Reservation::new(sq));
@@ -705,11 +707,9 @@ impl Deliverer {
             chain,
             mut reservation,
         } = x;
-        if !presented {
-            reservation = chain.map(Reservation::new);
-        }
         // `out.buf` is the connection's one write buffer: no allocation per transaction.
         if !presented {
+            reservation = chain.map(Reservation::new);
             out.buf.clear();
             envelope_group(job, &out.caps, &mut out.buf);
             out.conn.send(&out.buf).await?;

@@ -339,13 +339,7 @@ impl Log {
                 Vec::new()
             };
             let n = chunk.len();
-            let w = pwrite_all(file.as_raw_fd(), &chunk, pos)?;
-            if w != n {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "short write to the queue log",
-                ));
-            }
+            pwrite_all(file.as_raw_fd(), &chunk, pos)?;
             pos += n as u64;
             chunk = rest;
         }
@@ -388,13 +382,7 @@ impl Log {
         let mut at = from;
         while at < to {
             let n = (to - at).min(ZEROS.len() as u64) as usize;
-            let w = pwrite_all(fd, &ZEROS[..n], at)?;
-            if w != n {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "short write of zeros to the queue log",
-                ));
-            }
+            pwrite_all(fd, &ZEROS[..n], at)?;
             at += n as u64;
         }
         if let Some(a) = self.st.borrow_mut().active.as_mut() {
@@ -504,7 +492,8 @@ async fn sync_dir(dir: &Path) -> io::Result<()> {
         .await
 }
 
-fn pwrite_all(fd: std::os::fd::RawFd, buf: &[u8], pos: u64) -> io::Result<usize> {
+/// All of `buf` at `pos`, or an error (a write that makes no progress is `WriteZero`).
+fn pwrite_all(fd: std::os::fd::RawFd, buf: &[u8], pos: u64) -> io::Result<()> {
     let mut done = 0;
     while done < buf.len() {
         // SAFETY: buf is valid for its length; fd is the open segment.
@@ -523,9 +512,15 @@ fn pwrite_all(fd: std::os::fd::RawFd, buf: &[u8], pos: u64) -> io::Result<usize>
             }
             return Err(e);
         }
+        if r == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "short write to the queue log",
+            ));
+        }
         done += r as usize;
     }
-    Ok(done)
+    Ok(())
 }
 
 /// Disk full (or over quota) is 452; any other failure 451.
