@@ -3,8 +3,9 @@
 # machine drift hits every side alike: smtp-source -> ringpost -> smtp-sink (static route),
 # 50 sessions of lock-step SMTP, fsync on. Per run: accepted msgs/s (until smtp-source is
 # done), end-to-end msgs/s (until smtp-sink has all), ringpost CPU per message (user part
-# too) and smtp-sink's, then fsync and store p50 and the share of messages whose envelope went out behind
-# another's content, from /metrics. CEILING=1 first measures smtp-source -> smtp-sink
+# too) and smtp-sink's, then fsync and store p50, the share of messages whose envelope went out
+# behind another's content and the records per group commit (p50; a message and its
+# outcome are two), from /metrics. CEILING=1 first measures smtp-source -> smtp-sink
 # alone, with the CPU each of them spends per message.
 #
 # Needs root (own network namespace) and Debian's postfix package for smtp-source/sink.
@@ -62,7 +63,8 @@ for round in $(seq "$ROUNDS"); do
     curl -s http://127.0.0.1:2639/metrics >"$TMP/metrics"
     p50=$(grep -E '^ringpost_(fsync|store)_seconds\{quantile="0\.5"' "$TMP/metrics" | awk '{printf "%s %.0f us  ", $1, $2*1e6}' | sed 's/ringpost_//g; s/_seconds{quantile="0.5"}/ p50/g')
     p50="$p50$(awk '/^ringpost_outbound_transactions_total/ {t += $2} /^ringpost_outbound_chained_total/ {c += $2}
-      END {if (t) printf "chained %.0f%%", 100*c/t}' "$TMP/metrics")"
+      /^ringpost_commit_batch_records\{quantile="0\.5"/ {b = $2}
+      END {if (t) printf "chained %.0f%%  commit p50 %s records", 100*c/t, b}' "$TMP/metrics")"
     kill $RP; wait $RP 2>/dev/null
     awk -v n="$N" -v hz="$(getconf CLK_TCK)" -v b="$bin" -v t="$t0 $t1 $t2" -v c="$u0 $u1 $s0 $s1" -v m="$p50" -v sk="$k0 $k1 $j0 $j1" 'BEGIN {
       split(t, x, " "); split(c, k, " "); split(sk, q, " ");
