@@ -550,9 +550,7 @@ impl Deliverer {
         if let Some(f) = cached {
             return Ok(f);
         }
-        let opened = BufferedFile::open(path.as_path())
-            .await
-            .map_err(io::Error::from)?;
+        let opened = crate::queue::open_segment_for_reading(path).await?;
         // Another connection may have opened it meanwhile: keep one, close the other.
         let existing = self.files.borrow().get(path).cloned();
         if let Some(f) = existing {

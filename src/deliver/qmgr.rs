@@ -706,9 +706,7 @@ struct Snapshot {
 
 /// Reads message content from a log segment (through the shard's ring).
 pub async fn read_content(path: &PathBuf, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
-    let f = glommio::io::BufferedFile::open(path)
-        .await
-        .map_err(std::io::Error::from)?;
+    let f = crate::queue::open_segment_for_reading(path).await?;
     let r = f
         .read_at(offset, len as usize)
         .await
