@@ -1,7 +1,7 @@
 //! The `ringpost` command: `serve`, `check-config`, `queue`.
 
 use clap::{Parser, Subcommand};
-use ringpost::config::{Config, SyncMode};
+use ringpost::config::{Config, SitePools, SyncMode};
 use ringpost::queue::{index::RcptState, recovery};
 use ringpost::shard::{self, Startup};
 use std::io::Write;
@@ -355,6 +355,14 @@ fn serve(path: Option<&Path>) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let mut config = config;
+    if config.delivery.site_pools == SitePools::Auto {
+        config.delivery.site_pools = SitePools::Auto.for_shards(cpus.len());
+        eprintln!(
+            "ringpost: site pools {} (auto: {} shards)",
+            config.delivery.site_pools.name(),
+            cpus.len()
+        );
+    }
     if config.queue.sync == SyncMode::Auto {
         config.queue.sync = auto_sync(&config.queue.dir);
     }

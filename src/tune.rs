@@ -157,9 +157,16 @@ pub fn suggest(m: &Machine, cpus: &[usize]) -> String {
             crate::config::Queue::default().zero_ahead_bytes
         );
     }
+    let pools = crate::config::SitePools::Auto.for_shards(shards);
+    let why = if pools == crate::config::SitePools::Owner {
+        "one pool per site on the shard owning it: few shards, so one site's delivery fits one core"
+    } else {
+        "a pool per site on every shard: one busy site is delivered from every core"
+    };
     let _ = writeln!(
         s,
-        "\n[delivery]\nmax_connections_per_host = {}",
+        "\n[delivery]\n# {why}.\nsite_pools = \"{}\"\nmax_connections_per_host = {}",
+        pools.name(),
         (8 * shards).clamp(16, 64)
     );
     let _ = writeln!(

@@ -260,8 +260,34 @@ pub struct Queue {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SitePools {
+    Auto,
     Shard,
     Owner,
+}
+
+/// With `site_pools = "auto"`, up to this many shards keep one pool per site on its owner
+/// shard. Delivery is about a third of a relayed message's work (the outbound writes,
+/// reads and the transaction), so one site's delivery for every shard fits on one core
+/// beside that core's own accepting up to two or three shards, not on 8-64.
+pub const OWNER_POOLS_SHARDS_MAX: usize = 2;
+
+impl SitePools {
+    /// What `auto` means for this many shards; the other two mean themselves.
+    pub fn for_shards(self, shards: usize) -> SitePools {
+        match self {
+            SitePools::Auto if shards <= OWNER_POOLS_SHARDS_MAX => SitePools::Owner,
+            SitePools::Auto => SitePools::Shard,
+            fixed => fixed,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SitePools::Auto => "auto",
+            SitePools::Shard => "shard",
+            SitePools::Owner => "owner",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -322,12 +348,15 @@ pub struct Delivery {
     /// up: see `benches/ab.sh` in the README); a receiver that wants fewer says 421, and
     /// that is a deferral.
     pub max_connections_per_host: u32,
-    /// Where a site's connections live. `shard`: every shard delivers the mail it
-    /// accepted over its own pool for the site, with `max_connections_per_host` divided
-    /// among the shards (at least one each): nothing crosses shards on the data path.
-    /// `owner`: one pool per site on the shard its key hashes to; mail for it crosses
-    /// there and the outcome back. `owner` pools better for many small destinations on
-    /// many shards; `shard` spends no cross-core wake-ups on the hot path.
+    /// Where a site's connections live. `owner`: one ready queue and pool per site on the
+    /// shard its key hashes to; mail for it crosses there and the outcome back.
+    /// `max_connections_per_host` is then the limit for the whole relay (as Postfix's
+    /// destination concurrency is), and all the site's mail lands in one queue, so busy
+    /// connections find the next message waiting and chain it behind their content.
+    /// `shard`: every shard delivers the mail it accepted over its own pool, with the limit
+    /// divided among the shards (at least one each): one busy site (a smarthost, a big
+    /// mailbox provider) is delivered from every core instead of one. `auto` (the
+    /// default): `owner` up to [`OWNER_POOLS_SHARDS_MAX`] shards, `shard` beyond.
     pub site_pools: SitePools,
     pub max_messages_per_connection: u32,
     pub max_recipients_per_transaction: u32,
@@ -399,7 +428,7 @@ impl Default for Delivery {
             retry_max: Duration::from_secs(3600),
             max_age: Duration::from_secs(5 * 86400),
             max_connections_per_host: 32,
-            site_pools: SitePools::Shard,
+            site_pools: SitePools::Auto,
             max_messages_per_connection: 1000,
             max_recipients_per_transaction: 100,
             idle_timeout: Duration::from_secs(5),
@@ -778,6 +807,29 @@ mod tests {
         assert_eq!(c.listen[0].addr, "127.0.0.1:2525".parse().unwrap());
         assert_eq!(c.queue.dir, PathBuf::from("./ringpost-queue"));
         assert_eq!(c.tuning.shards, 0);
+    }
+
+    #[test]
+    fn site_pools_auto_owns_sites_on_few_shards_and_splits_them_on_many() {
+        let c = Config::load(None).unwrap();
+        assert_eq!(c.delivery.site_pools, SitePools::Auto);
+        assert_eq!(SitePools::Auto.for_shards(1), SitePools::Owner);
+        assert_eq!(
+            SitePools::Auto.for_shards(OWNER_POOLS_SHARDS_MAX),
+            SitePools::Owner
+        );
+        assert_eq!(
+            SitePools::Auto.for_shards(OWNER_POOLS_SHARDS_MAX + 1),
+            SitePools::Shard
+        );
+        assert_eq!(SitePools::Shard.for_shards(1), SitePools::Shard);
+        assert_eq!(SitePools::Owner.for_shards(64), SitePools::Owner);
+        let owner = Config::parse(
+            "[[listen]]\naddr = \"127.0.0.1:25\"\n[delivery]\nsite_pools = \"owner\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(owner.delivery.site_pools, SitePools::Owner);
     }
 
     #[test]

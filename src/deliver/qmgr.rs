@@ -324,9 +324,9 @@ impl QueueManager {
                     site: Arc::clone(&site),
                     rcpts: part.to_vec(),
                 };
-                let shard = match self.cfg.site_pools {
+                let shard = match self.cfg.site_pools.for_shards(self.shards) {
                     SitePools::Shard => self.me,
-                    SitePools::Owner => site.owner(self.shards),
+                    SitePools::Owner | SitePools::Auto => site.owner(self.shards),
                 };
                 (self.dispatch)(shard, job);
             }

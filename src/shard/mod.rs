@@ -426,7 +426,7 @@ async fn shard_main(place: Place, inputs: Inputs) -> Option<Finished> {
 /// connection limit (at least one).
 fn shard_delivery(d: &crate::config::Delivery, shards: usize) -> crate::config::Delivery {
     let mut mine = d.clone();
-    if d.site_pools == crate::config::SitePools::Shard {
+    if d.site_pools.for_shards(shards) == crate::config::SitePools::Shard {
         mine.max_connections_per_host = d.max_connections_per_host.div_ceil(shards.max(1) as u32);
     }
     mine
