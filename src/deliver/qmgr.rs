@@ -705,7 +705,11 @@ struct Snapshot {
 }
 
 /// Reads message content from a log segment (through the shard's ring).
-pub async fn read_content(path: &PathBuf, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+pub async fn read_content(
+    path: &std::path::Path,
+    offset: u64,
+    len: u64,
+) -> std::io::Result<Vec<u8>> {
     let f = crate::queue::open_segment_for_reading(path).await?;
     let r = f
         .read_at(offset, len as usize)
