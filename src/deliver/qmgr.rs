@@ -341,7 +341,7 @@ impl QueueManager {
                 e.home,
                 e.content_offset(),
                 e.message.content_len,
-                e.message.envelope.clone(),
+                Rc::clone(&e.message.envelope),
                 e.rcpt_states.clone(),
             ))
         })?;
@@ -372,7 +372,7 @@ impl QueueManager {
     pub async fn on_report(self: Rc<Self>, r: Report) {
         let Some((arrival, envelope)) = self.log.with_index(|ix| {
             ix.get(r.id)
-                .map(|e| (e.message.arrival_micros, e.message.envelope.clone()))
+                .map(|e| (e.message.arrival_micros, Rc::clone(&e.message.envelope)))
         }) else {
             return;
         };
@@ -700,7 +700,7 @@ struct Snapshot {
     segment: Arc<PathBuf>,
     content_offset: u64,
     content_len: u64,
-    envelope: Envelope,
+    envelope: Rc<Envelope>,
     rcpts: Vec<JobRcpt>,
 }
 

@@ -240,10 +240,10 @@ mod tests {
             arrival_micros: 0,
             client: String::new(),
             helo: String::new(),
-            envelope: Envelope {
+            envelope: std::rc::Rc::new(Envelope {
                 recipients,
                 ..Envelope::default()
-            },
+            }),
             content_at: 0,
             content_len: 0,
         }

@@ -189,7 +189,7 @@ impl Log {
             arrival_micros: m.arrival_micros,
             client: m.client.to_string(),
             helo: m.helo.to_string(),
-            envelope: m.envelope.clone(),
+            envelope: Rc::new(m.envelope.clone()),
             content_at: record_len - content_len as usize,
             content_len,
         };

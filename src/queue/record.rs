@@ -8,6 +8,7 @@
 use crate::smtp::parser::{Body, Ret};
 use crate::smtp::session::{Envelope, Recipient};
 use std::fmt;
+use std::rc::Rc;
 
 pub const MAGIC: u32 = 0x4C51_5052; // "RPQL" little-endian
 pub const HEADER_BYTES: usize = 16;
@@ -86,7 +87,8 @@ pub struct StoredMessage {
     pub arrival_micros: u64,
     pub client: String,
     pub helo: String,
-    pub envelope: Envelope,
+    /// Shared: delivery reports and snapshots hold it without copying every recipient.
+    pub envelope: Rc<Envelope>,
     pub content_at: usize,
     pub content_len: u64,
 }
@@ -357,7 +359,7 @@ impl Reader<'_> {
             arrival_micros,
             client,
             helo,
-            envelope,
+            envelope: Rc::new(envelope),
             content_at,
             content_len,
         })
