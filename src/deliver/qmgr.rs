@@ -212,7 +212,7 @@ impl QueueManager {
                 if op == AdminOp::Release {
                     glommio::spawn_local(Rc::clone(&self).route(id, pending)).detach();
                 } else if op == AdminOp::Delete {
-                    self.open.borrow_mut().remove(&id);
+                    self.forget(id, pending.iter().copied());
                 }
             }
             AdminOp::Bounce => {
@@ -451,10 +451,20 @@ impl QueueManager {
                     log::error!("{}: cannot record the outcome for <{address}>: {e:?}; it will be retried after a restart", r.id);
                 }
                 if last {
-                    self.open.borrow_mut().remove(&r.id);
-                    self.attempts.borrow_mut().retain(|(id, _), _| *id != r.id);
+                    self.forget(r.id, 0..envelope.recipients.len() as u32);
                 }
             }
+        }
+    }
+
+    /// Drops what this shard remembers of a finished (or deleted) message: its open
+    /// entry and the attempt counts of `rcpts`. By key, not by a scan of every deferred
+    /// recipient: a large retry backlog must not make each finished message cost more.
+    fn forget(&self, id: QueueId, rcpts: impl IntoIterator<Item = u32>) {
+        self.open.borrow_mut().remove(&id);
+        let mut attempts = self.attempts.borrow_mut();
+        for i in rcpts {
+            attempts.remove(&(id, i));
         }
     }
 
