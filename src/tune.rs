@@ -100,6 +100,12 @@ pub fn memory_bytes() -> u64 {
 const SYNC_INLINE_FSYNC_MAX: Duration = Duration::from_millis(1);
 
 /// The suggested profile, as commented TOML.
+/// The suggested `max_connections_per_host`: this many per shard, within the bounds below
+/// (the profiles' 32 for 2-8 cores and 64 for 32-64).
+const CONNECTIONS_PER_SHARD: u32 = 4;
+const CONNECTIONS_MIN: u32 = 32;
+const CONNECTIONS_MAX: u32 = 64;
+
 pub fn suggest(m: &Machine, cpus: &[usize]) -> String {
     let shards = m.cores.max(1);
     // A quarter of memory for idle sessions, spread over the shards.
@@ -165,9 +171,9 @@ pub fn suggest(m: &Machine, cpus: &[usize]) -> String {
     };
     let _ = writeln!(
         s,
-        "\n[delivery]\n# {why}.\nsite_pools = \"{}\"\nmax_connections_per_host = {}",
+        "\n[delivery]\n# {why}.\nsite_pools = \"{}\"\n# Connections per site: 32 keep up with 50 busy inbound sessions on 2 cores (16 let mail\n# queue up); 64 from 16 shards on.\nmax_connections_per_host = {}",
         pools.name(),
-        (8 * shards).clamp(16, 64)
+        (CONNECTIONS_PER_SHARD * shards as u32).clamp(CONNECTIONS_MIN, CONNECTIONS_MAX)
     );
     let _ = writeln!(
         s,
@@ -217,6 +223,14 @@ mod tests {
             assert_eq!(c.queue.sync, want);
             let zeros = if cores == 8 { 0 } else { 256 * 1024 };
             assert_eq!(c.queue.zero_ahead_bytes, zeros);
+            let pools = if cores <= crate::config::OWNER_POOLS_SHARDS_MAX {
+                crate::config::SitePools::Owner
+            } else {
+                crate::config::SitePools::Shard
+            };
+            assert_eq!(c.delivery.site_pools, pools);
+            let conns = if cores <= 8 { 32 } else { 64 };
+            assert_eq!(c.delivery.max_connections_per_host, conns);
         }
     }
 }
