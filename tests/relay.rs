@@ -79,22 +79,40 @@ fn two_sites_get_one_copy_each_with_their_recipients() {
 
 #[test]
 fn batching_per_site() {
-    batching_per_site_with("shard");
+    let shards = batching_per_site_with(Some("shard"));
+    assert_eq!(shards, 2, "each shard delivers what it accepted");
 }
 
 #[test]
 fn batching_per_site_on_the_owner_shard() {
-    batching_per_site_with("owner");
+    let shards = batching_per_site_with(Some("owner"));
+    assert_eq!(shards, 1, "only the shard owning the site delivers");
+}
+
+#[test]
+fn two_shards_deliver_a_site_from_its_owner_by_default() {
+    let shards = batching_per_site_with(None);
+    assert_eq!(shards, 1, "auto is owner with two shards");
 }
 
 /// 1,000 messages of 3 recipients to one site over two shards, either each shard with its
-/// own pool (half the limit each) or one pool on the shard owning the site.
-fn batching_per_site_with(pools: &str) {
-    let r = Relay::start(
+/// own pool (half the limit each) or one pool on the shard owning the site (`None`: the
+/// default, `auto`). Returns how many shards delivered, by their exit summaries.
+fn batching_per_site_with(pools: Option<&str>) -> usize {
+    let setting = pools.map_or(String::new(), |p| format!("site_pools = \"{p}\"\n"));
+    let mut r = Relay::start(
         "",
         &format!("{RELAY_POLICY}\n[tuning]\nshards = 2\n"),
-        &format!("max_connections_per_host = 4\nsite_pools = \"{pools}\"\n"),
+        &format!("max_connections_per_host = 4\n{setting}"),
         &["--no-tls"],
+    );
+    let resolved = pools.unwrap_or("owner");
+    let said = format!("site pools {resolved} (auto: 2 shards)");
+    assert_eq!(
+        r.server.stderr().contains(&said),
+        pools.is_none(),
+        "start-up names what auto picked: {}",
+        r.server.stderr()
     );
     let report = r.send(&[
         "--messages",
@@ -126,6 +144,20 @@ fn batching_per_site_with(pools: &str) {
         s["max_messages_per_connection"].as_u64().unwrap() >= 100,
         "{s}"
     );
+    assert!(r.server.terminate().success());
+    // "ringpost: shard K: delivery: C connections, T transactions (...)" at exit.
+    let log = r.server.stderr();
+    let delivering: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(": delivery: "))
+        .filter(|l| !l.contains(" 0 transactions"))
+        .collect();
+    assert_eq!(
+        log.lines().filter(|l| l.contains(": delivery: ")).count(),
+        2,
+        "{log}"
+    );
+    delivering.len()
 }
 
 #[test]
