@@ -356,10 +356,10 @@ fn serve(path: Option<&Path>) -> ExitCode {
     }
     let mut config = config;
     if config.delivery.site_pools == SitePools::Auto {
-        config.delivery.site_pools = SitePools::Auto.for_shards(cpus.len());
+        // Each shard resolves it the same way (shard::shard_delivery); this says which.
         eprintln!(
             "ringpost: site pools {} (auto: {} shards)",
-            config.delivery.site_pools.name(),
+            SitePools::Auto.for_shards(cpus.len()).name(),
             cpus.len()
         );
     }

@@ -99,13 +99,13 @@ pub fn memory_bytes() -> u64 {
 /// Up to this fsync latency a commit's fdatasync runs on the shard's own thread.
 const SYNC_INLINE_FSYNC_MAX: Duration = Duration::from_millis(1);
 
-/// The suggested profile, as commented TOML.
 /// The suggested `max_connections_per_host`: this many per shard, within the bounds below
 /// (the profiles' 32 for 2-8 cores and 64 for 32-64).
 const CONNECTIONS_PER_SHARD: u32 = 4;
 const CONNECTIONS_MIN: u32 = 32;
 const CONNECTIONS_MAX: u32 = 64;
 
+/// The suggested profile, as commented TOML.
 pub fn suggest(m: &Machine, cpus: &[usize]) -> String {
     let shards = m.cores.max(1);
     // A quarter of memory for idle sessions, spread over the shards.

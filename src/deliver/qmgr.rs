@@ -324,9 +324,11 @@ impl QueueManager {
                     site: Arc::clone(&site),
                     rcpts: part.to_vec(),
                 };
-                let shard = match self.cfg.site_pools.for_shards(self.shards) {
-                    SitePools::Shard => self.me,
-                    SitePools::Owner | SitePools::Auto => site.owner(self.shards),
+                // Resolved for the shard count before the shard starts: never `auto`.
+                let shard = if self.cfg.site_pools == SitePools::Shard {
+                    self.me
+                } else {
+                    site.owner(self.shards)
                 };
                 (self.dispatch)(shard, job);
             }

@@ -307,8 +307,9 @@ async fn shard_main(place: Place, inputs: Inputs) -> Option<Finished> {
         d.negative_ttl,
         seed as u16,
     ));
+    let mine = shard_delivery(d, n);
     let deliverer = Rc::new(Deliverer::new(
-        shard_delivery(d, n),
+        mine.clone(),
         config.server.hostname.clone(),
         Rc::clone(&resolver),
         links.reporter(),
@@ -319,7 +320,7 @@ async fn shard_main(place: Place, inputs: Inputs) -> Option<Finished> {
         n,
         Rc::clone(&log),
         router,
-        d.clone(),
+        mine,
         config.server.hostname.clone(),
         links.dispatcher(),
     ));
@@ -422,11 +423,13 @@ async fn shard_main(place: Place, inputs: Inputs) -> Option<Finished> {
     })
 }
 
-/// This shard's delivery settings: with per-shard site pools, its share of each site's
-/// connection limit (at least one).
+/// This shard's delivery settings: `site_pools` resolved for the shard count (never
+/// `auto`), and with per-shard site pools, its share of each site's connection limit (at
+/// least one).
 fn shard_delivery(d: &crate::config::Delivery, shards: usize) -> crate::config::Delivery {
     let mut mine = d.clone();
-    if d.site_pools.for_shards(shards) == crate::config::SitePools::Shard {
+    mine.site_pools = d.site_pools.for_shards(shards);
+    if mine.site_pools == crate::config::SitePools::Shard {
         mine.max_connections_per_host = d.max_connections_per_host.div_ceil(shards.max(1) as u32);
     }
     mine
