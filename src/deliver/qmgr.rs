@@ -394,8 +394,7 @@ impl QueueManager {
         let address = envelope
             .recipients
             .get(r.index as usize)
-            .map(|x| x.address.clone())
-            .unwrap_or_default();
+            .map_or("", |x| x.address.as_str());
         match kind {
             // Operator records are written by `admin`, never reported by a delivery.
             OutcomeKind::Held | OutcomeKind::Released | OutcomeKind::Deleted => {}
@@ -686,7 +685,7 @@ impl QueueManager {
             arrival_micros: now,
             client: "127.0.0.1",
             helo: &self.hostname,
-            envelope: &dsn_envelope,
+            envelope: Rc::new(dsn_envelope),
             received: b"",
             content: &dsn,
         });

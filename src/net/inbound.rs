@@ -276,12 +276,14 @@ impl Conn<'_> {
         let now = crate::time::unix_micros();
         self.received.clear();
         session.received_header(id_text, now / 1_000_000, &mut self.received);
+        // The transaction ends with this store either way: the log keeps its envelope.
+        let envelope = std::rc::Rc::new(session.take_envelope());
         let ticket = log.append_message(&NewMessage {
             id,
             arrival_micros: now,
             client: &self.peer_text,
             helo: session.helo(),
-            envelope: session.envelope(),
+            envelope: std::rc::Rc::clone(&envelope),
             received: &self.received,
             content: session.content(),
         });
@@ -296,8 +298,8 @@ impl Conn<'_> {
             self.shard.qmgr.submit(id);
             log::info!(
                 "{id_text}: accepted from=<{}> nrcpt={} size={} client={} tls={}",
-                session.envelope().sender,
-                session.envelope().recipients.len(),
+                envelope.sender,
+                envelope.recipients.len(),
                 self.received.len() + session.content().len(),
                 self.peer_text,
                 session.tls_active()

@@ -189,7 +189,7 @@ impl Log {
             arrival_micros: m.arrival_micros,
             client: m.client.to_string(),
             helo: m.helo.to_string(),
-            envelope: Rc::new(m.envelope.clone()),
+            envelope: Rc::clone(&m.envelope),
             content_at: record_len - content_len as usize,
             content_len,
         };
@@ -591,7 +591,7 @@ mod tests {
                         arrival_micros: 1,
                         client: "127.0.0.1",
                         helo: "h",
-                        envelope: &env,
+                        envelope: Rc::new(env.clone()),
                         received: b"Received: x\r\n",
                         content: &content,
                     });

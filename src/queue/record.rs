@@ -73,7 +73,8 @@ pub struct NewMessage<'a> {
     pub arrival_micros: u64,
     pub client: &'a str,
     pub helo: &'a str,
-    pub envelope: &'a Envelope,
+    /// Handed over: the index keeps it as the stored message's envelope, without a copy.
+    pub envelope: Rc<Envelope>,
     /// Our Received header, stored in front of the content.
     pub received: &'a [u8],
     pub content: &'a [u8],
@@ -180,7 +181,7 @@ fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
 
 /// Appends a message record to `out`; returns the record's offset within `out`.
 pub fn encode_message(out: &mut Vec<u8>, m: &NewMessage<'_>) -> usize {
-    let e = m.envelope;
+    let e = &*m.envelope;
     let start = begin(out, KIND_MESSAGE);
     out.extend_from_slice(&m.id.0.to_le_bytes());
     out.extend_from_slice(&m.arrival_micros.to_le_bytes());
@@ -432,7 +433,7 @@ mod tests {
                 arrival_micros: 7,
                 client: "127.0.0.1",
                 helo: "client.test",
-                envelope: &env,
+                envelope: Rc::new(env.clone()),
                 received: b"Received: x\r\n",
                 content: b"Subject: hi\r\n\r\nbody\r\n",
             },

@@ -238,7 +238,7 @@ mod tests {
                 arrival_micros: 1,
                 client: "127.0.0.1",
                 helo: "h",
-                envelope: &env,
+                envelope: std::rc::Rc::new(env.clone()),
                 received: b"",
                 content: body,
             },

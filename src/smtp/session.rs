@@ -305,6 +305,12 @@ impl<'c> Session<'c> {
         &self.envelope
     }
 
+    /// The envelope of the message being stored, handed to the queue (no copy); the
+    /// session's is empty until the next MAIL.
+    pub fn take_envelope(&mut self) -> Envelope {
+        std::mem::take(&mut self.envelope)
+    }
+
     /// The message content in wire form (dot-stuffed, as DATA carries it), without our
     /// Received header.
     pub fn content(&self) -> &[u8] {
