@@ -266,10 +266,10 @@ pub enum SitePools {
 }
 
 /// With `site_pools = "auto"`, up to this many shards keep one pool per site on its owner
-/// shard. Delivery is about a third of a relayed message's work (a third of the user time
-/// and a quarter of the writes in one shard's profile, README "Sites"), so one site's delivery for
-/// every shard fits on one core beside that core's own accepting with two shards, not
-/// with 8-64.
+/// shard. Delivery is about a third of a relayed message's work (a third of the user
+/// time and a quarter of the writes in one shard's profile, README "Sites"), so one
+/// site's delivery for every shard fits on one core beside that core's own accepting
+/// with two shards, not with 8-64.
 pub const OWNER_POOLS_SHARDS_MAX: usize = 2;
 
 impl SitePools {
