@@ -462,6 +462,40 @@ fn success_notice_when_the_next_hop_has_no_dsn() {
 }
 
 #[test]
+fn one_delay_warning_names_every_deferred_recipient_of_the_transaction() {
+    let r = Relay::start(
+        "",
+        RELAY_POLICY,
+        "delay_warning = \"1us\"\nretry_initial = \"1h\"\nretry_max = \"1h\"\n",
+        &[],
+    );
+    send_one(
+        &r,
+        "late@sender.test",
+        &["tempfail-5@sink.test", "tempfail-6@sink.test"],
+        b"Subject: delayed\r\n\r\nx\r\n",
+    );
+    let dsn = dsn_for(&r, "late@sender.test");
+    for want in [
+        "Final-Recipient: rfc822; tempfail-5@sink.test",
+        "Final-Recipient: rfc822; tempfail-6@sink.test",
+        "Status: 4.2.0",
+    ] {
+        assert!(dsn.contains(want), "{want} missing:\n{dsn}");
+    }
+    assert_eq!(dsn.matches("Action: delayed").count(), 2, "{dsn}");
+    // Both deferrals came in one report: one warning, not one per recipient.
+    std::thread::sleep(Duration::from_millis(500));
+    let warnings = r
+        .recorded()
+        .iter()
+        .filter(|(env, _)| env["rcpt_to"][0] == "late@sender.test")
+        .count();
+    assert_eq!(warnings, 1);
+    r.server.wait_log("status=deferred");
+}
+
+#[test]
 fn truncated_answers_go_over_tcp_and_cnames_are_followed() {
     let zone = "a.test TRUNCATE\na.test MX 10 mx.sink.test\nb.test CNAME a.test\n";
     let r = Relay::start(zone, RELAY_POLICY, "", &[]);

@@ -64,18 +64,52 @@ pub struct JobRcpt {
     pub orcpt: Option<String>,
 }
 
-/// The result of one recipient's attempt, for the log shard.
+/// The results of one transaction (or one decision) for recipients of one message, for the
+/// message's log shard: one report, one cross-shard message and one task per transaction,
+/// whatever the recipient count.
 #[derive(Debug, Clone)]
 pub struct Report {
     pub origin: usize,
     pub id: QueueId,
-    pub index: u32,
-    pub kind: OutcomeKind,
-    pub reply: String,
     /// The host that answered, for the DSN's Remote-MTA.
     pub remote: Option<String>,
     /// The next hop took the DSN parameters: success notices are its business now.
     pub next_hop_dsn: bool,
+    pub rcpts: Vec<RcptResult>,
+}
+
+/// One recipient's result within a [`Report`].
+#[derive(Debug, Clone)]
+pub struct RcptResult {
+    pub index: u32,
+    pub kind: OutcomeKind,
+    pub reply: String,
+}
+
+impl Report {
+    /// The same result for every recipient of `job`.
+    pub fn all(
+        origin: usize,
+        id: QueueId,
+        indexes: impl IntoIterator<Item = u32>,
+        kind: OutcomeKind,
+        reply: &str,
+    ) -> Report {
+        Report {
+            origin,
+            id,
+            remote: None,
+            next_hop_dsn: false,
+            rcpts: indexes
+                .into_iter()
+                .map(|index| RcptResult {
+                    index,
+                    kind,
+                    reply: reply.to_string(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// What crosses between shards.
@@ -267,35 +301,29 @@ impl Deliverer {
     }
 
     fn report_all(&self, job: &Job, kind: OutcomeKind, reply: &str, remote: Option<&str>) {
-        for r in &job.rcpts {
-            self.report_one(job, r.index, kind, reply.to_string(), remote, false);
-        }
-    }
-
-    fn report_one(
-        &self,
-        job: &Job,
-        index: u32,
-        kind: OutcomeKind,
-        reply: String,
-        remote: Option<&str>,
-        next_hop_dsn: bool,
-    ) {
-        self.count(|s| match kind {
-            OutcomeKind::Delivered => s.delivered += 1,
-            OutcomeKind::Deferred => s.deferred += 1,
-            OutcomeKind::Failed => s.failed += 1,
-            OutcomeKind::Held | OutcomeKind::Released | OutcomeKind::Deleted => {}
-        });
-        (self.report)(Report {
-            origin: job.origin,
-            id: job.id,
-            index,
+        let mut r = Report::all(
+            job.origin,
+            job.id,
+            job.rcpts.iter().map(|r| r.index),
             kind,
             reply,
-            remote: remote.map(str::to_string),
-            next_hop_dsn,
+        );
+        r.remote = remote.map(str::to_string);
+        self.report(r);
+    }
+
+    fn report(&self, r: Report) {
+        self.count(|s| {
+            for x in &r.rcpts {
+                match x.kind {
+                    OutcomeKind::Delivered => s.delivered += 1,
+                    OutcomeKind::Deferred => s.deferred += 1,
+                    OutcomeKind::Failed => s.failed += 1,
+                    OutcomeKind::Held | OutcomeKind::Released | OutcomeKind::Deleted => {}
+                }
+            }
         });
+        (self.report)(r);
     }
 
     async fn connection(self: Rc<Self>, sq: Rc<SiteQueue>) {
@@ -648,16 +676,22 @@ impl Deliverer {
         if result.is_err() && cached && tx.untouched() {
             return Done::Stale(Box::new(job));
         }
-        for (r, (disposition, reply)) in job.rcpts.iter().zip(tx.results(&lost)) {
-            self.report_one(
-                &job,
-                r.index,
-                kind_of(disposition),
-                reply,
-                Some(&out.remote),
-                out.caps.dsn,
-            );
-        }
+        self.report(Report {
+            origin: job.origin,
+            id: job.id,
+            remote: Some(out.remote.clone()),
+            next_hop_dsn: out.caps.dsn,
+            rcpts: job
+                .rcpts
+                .iter()
+                .zip(tx.results(&lost))
+                .map(|(r, (disposition, reply))| RcptResult {
+                    index: r.index,
+                    kind: kind_of(disposition),
+                    reply,
+                })
+                .collect(),
+        });
         match (result, next) {
             (Ok(true), Some(next)) => Done::Chained(Box::new(next)),
             (Ok(true), None) => Done::Usable,

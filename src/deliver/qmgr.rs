@@ -216,18 +216,14 @@ impl QueueManager {
                 }
             }
             AdminOp::Bounce => {
-                for index in pending {
-                    let report = Report {
-                        origin: self.me,
-                        id,
-                        index,
-                        kind: OutcomeKind::Failed,
-                        reply: "550 5.0.0 returned to the sender by the administrator".into(),
-                        remote: None,
-                        next_hop_dsn: false,
-                    };
-                    Rc::clone(&self).on_report(report).await;
-                }
+                let report = Report::all(
+                    self.me,
+                    id,
+                    pending,
+                    OutcomeKind::Failed,
+                    "550 5.0.0 returned to the sender by the administrator",
+                );
+                Rc::clone(&self).on_report(report).await;
             }
         }
         true
@@ -292,18 +288,8 @@ impl QueueManager {
                         RouteError::Permanent(t) => (OutcomeKind::Failed, t),
                         RouteError::Temporary(t) => (OutcomeKind::Deferred, t),
                     };
-                    for r in rs {
-                        let report = Report {
-                            origin: self.me,
-                            id,
-                            index: r.index,
-                            kind,
-                            reply: reply.clone(),
-                            remote: None,
-                            next_hop_dsn: false,
-                        };
-                        glommio::spawn_local(Rc::clone(&self).on_report(report)).detach();
-                    }
+                    let report = Report::all(self.me, id, rs.iter().map(|r| r.index), kind, &reply);
+                    glommio::spawn_local(Rc::clone(&self).on_report(report)).detach();
                 }
             }
         }
@@ -370,7 +356,9 @@ impl QueueManager {
         })
     }
 
-    /// Records one recipient's outcome, then retries, expires or bounces as it says.
+    /// Records the outcomes of one report, then retries, expires or bounces as they say.
+    /// A report is one transaction's recipients: their records go to disk in one commit,
+    /// and the message is looked up once, not once per recipient.
     pub async fn on_report(self: Rc<Self>, r: Report) {
         let Some((arrival, envelope)) = self.log.with_index(|ix| {
             ix.get(r.id)
@@ -380,81 +368,109 @@ impl QueueManager {
         };
         let now = crate::time::unix_micros();
         let age = Duration::from_micros(now.saturating_sub(arrival));
-        let (kind, reply) = match r.kind {
-            OutcomeKind::Deferred if age >= self.cfg.max_age => (
-                OutcomeKind::Failed,
-                format!(
+        let id = r.id;
+        let remote = r.remote.as_deref();
+        let relay = remote.unwrap_or("none");
+        let mut outcomes = Vec::with_capacity(r.rcpts.len());
+        let mut finished = false;
+        for x in r.rcpts {
+            let expired = x.kind == OutcomeKind::Deferred && age >= self.cfg.max_age;
+            let (kind, reply) = if expired {
+                let reply = format!(
                     "{} (delivery time expired after {})",
-                    r.reply,
+                    x.reply,
                     crate::config::duration::format(self.cfg.max_age)
-                ),
-            ),
-            k => (k, r.reply.clone()),
-        };
-        let address = envelope
-            .recipients
-            .get(r.index as usize)
-            .map_or("", |x| x.address.as_str());
-        match kind {
-            // Operator records are written by `admin`, never reported by a delivery.
-            OutcomeKind::Held | OutcomeKind::Released | OutcomeKind::Deleted => {}
-            OutcomeKind::Deferred => self.defer(r, &envelope, age, now).await,
-            OutcomeKind::Delivered | OutcomeKind::Failed => {
-                let expired = r.kind == OutcomeKind::Deferred;
-                let (fresh, last) = self.mark_final(r.id, r.index);
-                if !fresh {
-                    return;
+                );
+                (OutcomeKind::Failed, reply)
+            } else {
+                (x.kind, x.reply)
+            };
+            let address = envelope
+                .recipients
+                .get(x.index as usize)
+                .map_or("", |a| a.address.as_str());
+            match kind {
+                // Operator records are written by `admin`, never reported by a delivery.
+                OutcomeKind::Held | OutcomeKind::Released | OutcomeKind::Deleted => {}
+                OutcomeKind::Deferred => {
+                    let until = self.retry_time(id, x.index, now);
+                    log::info!("{id}: to=<{address}>, relay={relay}, status=deferred ({reply})");
+                    outcomes.push(Outcome {
+                        id,
+                        rcpt: x.index,
+                        kind,
+                        at_micros: until,
+                        reply,
+                    });
                 }
-                if kind == OutcomeKind::Failed {
-                    let status = if expired {
-                        "4.4.7".to_string()
-                    } else {
-                        bounce::status_of(&reply, true)
-                    };
-                    if let Some(open) = self.open.borrow_mut().get_mut(&r.id) {
-                        open.failures.push(Failure {
-                            index: r.index,
-                            reply: reply.clone(),
-                            status,
-                            remote: r.remote.clone(),
-                        });
+                OutcomeKind::Delivered | OutcomeKind::Failed => {
+                    let (fresh, last) = self.mark_final(id, x.index);
+                    if !fresh {
+                        continue;
                     }
-                    log::info!(
-                        "{}: to=<{address}>, relay={}, status=bounced ({reply})",
-                        r.id,
-                        r.remote.as_deref().unwrap_or("none")
-                    );
-                } else {
-                    self.delay_us
-                        .borrow_mut()
-                        .saturating_record((age.as_micros() as u64).max(1));
-                    self.success_notice(&r, &envelope, now).await;
-                    log::info!(
-                        "{}: to=<{address}>, relay={}, delay={:.3}s, status=sent ({reply})",
-                        r.id,
-                        r.remote.as_deref().unwrap_or("none"),
-                        age.as_secs_f64()
-                    );
-                }
-                if last {
-                    // The content is still on disk: the message is not finished until the
-                    // outcome below is written.
-                    self.bounce_if_needed(r.id, &envelope, arrival, now).await;
-                }
-                let outcome = Outcome {
-                    id: r.id,
-                    rcpt: r.index,
-                    kind,
-                    at_micros: now,
-                    reply,
-                };
-                if let Err(e) = self.log.append_outcome(outcome).wait().await {
-                    log::error!("{}: cannot record the outcome for <{address}>: {e:?}; it will be retried after a restart", r.id);
-                }
-                if last {
-                    self.forget(r.id, 0..envelope.recipients.len() as u32);
+                    finished |= last;
+                    if kind == OutcomeKind::Failed {
+                        let status = if expired {
+                            "4.4.7".to_string()
+                        } else {
+                            bounce::status_of(&reply, true)
+                        };
+                        if let Some(open) = self.open.borrow_mut().get_mut(&id) {
+                            open.failures.push(Failure {
+                                index: x.index,
+                                reply: reply.clone(),
+                                status,
+                                remote: r.remote.clone(),
+                            });
+                        }
+                        log::info!("{id}: to=<{address}>, relay={relay}, status=bounced ({reply})");
+                    } else {
+                        self.delay_us
+                            .borrow_mut()
+                            .saturating_record((age.as_micros() as u64).max(1));
+                        log::info!(
+                            "{id}: to=<{address}>, relay={relay}, delay={:.3}s, status=sent ({reply})",
+                            age.as_secs_f64()
+                        );
+                    }
+                    outcomes.push(Outcome {
+                        id,
+                        rcpt: x.index,
+                        kind,
+                        at_micros: now,
+                        reply,
+                    });
                 }
             }
+        }
+        // The content is still on disk: the message is not finished until the outcomes
+        // below are written.
+        if !r.next_hop_dsn {
+            self.success_notice(id, &outcomes, remote, &envelope, now)
+                .await;
+        }
+        if age >= self.cfg.delay_warning && !self.cfg.delay_warning.is_zero() {
+            self.delay_warning(id, &outcomes, remote, &envelope, now)
+                .await;
+        }
+        if finished {
+            self.bounce_if_needed(id, &envelope, arrival, now).await;
+        }
+        let retries: Vec<(u32, u64)> = outcomes
+            .iter()
+            .filter(|o| o.kind == OutcomeKind::Deferred)
+            .map(|o| (o.rcpt, o.at_micros))
+            .collect();
+        if !outcomes.is_empty() {
+            if let Err(e) = self.log.append_outcomes(outcomes).wait().await {
+                log::error!("{id}: cannot record outcomes: {e:?}; final ones are retried after a restart, deferrals retried anyway");
+            }
+        }
+        for (index, until) in retries {
+            self.schedule(id, index, until);
+        }
+        if finished {
+            self.forget(id, 0..envelope.recipients.len() as u32);
         }
     }
 
@@ -494,30 +510,30 @@ impl QueueManager {
     }
 
     /// NOTIFY=SUCCESS and the next hop did not take the DSN parameters: we say "relayed"
-    /// (RFC 3464 2.3.3), as the final MTA will not.
-    async fn success_notice(&self, r: &Report, envelope: &Envelope, now: u64) {
-        let Some(rcpt) = envelope.recipients.get(r.index as usize) else {
-            return;
-        };
-        let wants = rcpt.notify.is_some_and(|n| n & notify::SUCCESS != 0);
-        if !wants || r.next_hop_dsn || envelope.sender.is_empty() {
+    /// (RFC 3464 2.3.3), as the final MTA will not. One DSN for the recipients of a report.
+    async fn success_notice(
+        &self,
+        id: QueueId,
+        outcomes: &[Outcome],
+        remote: Option<&str>,
+        envelope: &Envelope,
+        now: u64,
+    ) {
+        let rcpts = notice_rcpts(outcomes, envelope, OutcomeKind::Delivered, remote, |n| {
+            n.is_some_and(|n| n & notify::SUCCESS != 0)
+        });
+        if rcpts.is_empty() || envelope.sender.is_empty() {
             return;
         }
-        let d = DsnRcpt {
-            address: &rcpt.address,
-            orcpt: rcpt.orcpt.as_deref(),
-            action: "relayed",
-            status: "2.0.0".into(),
-            diagnostic: &r.reply,
-            remote: r.remote.as_deref(),
-        };
-        self.send_dsn(r.id, envelope, now, vec![d]).await;
+        self.send_dsn(id, envelope, now, rcpts).await;
     }
 
-    async fn defer(&self, r: Report, envelope: &Envelope, age: Duration, now: u64) {
+    /// A deferred recipient's next attempt: exponential backoff from `retry_initial` up
+    /// to `retry_max`, with jitter.
+    fn retry_time(&self, id: QueueId, index: u32, now: u64) -> u64 {
         let attempt = {
             let mut a = self.attempts.borrow_mut();
-            let n = a.entry((r.id, r.index)).or_insert(0);
+            let n = a.entry((id, index)).or_insert(0);
             *n += 1;
             *n
         };
@@ -526,30 +542,7 @@ impl QueueManager {
             .retry_initial
             .saturating_mul(1u32 << (attempt - 1).min(20))
             .min(self.cfg.retry_max);
-        let until = now + self.jitter(base).as_micros() as u64;
-        let address = envelope
-            .recipients
-            .get(r.index as usize)
-            .map(|x| x.address.as_str())
-            .unwrap_or_default();
-        log::info!(
-            "{}: to=<{address}>, relay={}, status=deferred ({})",
-            r.id,
-            r.remote.as_deref().unwrap_or("none"),
-            r.reply
-        );
-        let outcome = Outcome {
-            id: r.id,
-            rcpt: r.index,
-            kind: OutcomeKind::Deferred,
-            at_micros: until,
-            reply: r.reply.clone(),
-        };
-        if self.log.append_outcome(outcome).wait().await.is_err() {
-            log::error!("{}: cannot record a deferral; retrying anyway", r.id);
-        }
-        self.schedule(r.id, r.index, until);
-        self.delay_warning(&r, envelope, age, now).await;
+        now + self.jitter(base).as_micros() as u64
     }
 
     fn jitter(&self, d: Duration) -> Duration {
@@ -562,33 +555,34 @@ impl QueueManager {
         d.mul_f64(1.0 + JITTER_FRACTION * (2.0 * unit - 1.0))
     }
 
-    async fn delay_warning(&self, r: &Report, envelope: &Envelope, age: Duration, now: u64) {
-        if self.cfg.delay_warning.is_zero()
-            || age < self.cfg.delay_warning
-            || envelope.sender.is_empty()
-        {
+    /// The first deferral of a message older than `delay_warning`: one "delayed" DSN for
+    /// the deferred recipients of that report that did not say NOTIFY=NEVER (or left
+    /// DELAY out).
+    async fn delay_warning(
+        &self,
+        id: QueueId,
+        outcomes: &[Outcome],
+        remote: Option<&str>,
+        envelope: &Envelope,
+        now: u64,
+    ) {
+        if envelope.sender.is_empty() {
             return;
         }
-        let rcpt = envelope.recipients.get(r.index as usize);
-        let wants = rcpt.is_some_and(|x| x.notify.is_none_or(|n| n & notify::DELAY != 0));
+        let rcpts = notice_rcpts(outcomes, envelope, OutcomeKind::Deferred, remote, |n| {
+            n.is_none_or(|n| n & notify::DELAY != 0)
+        });
+        if rcpts.is_empty() {
+            return;
+        }
         let first = {
             let mut open = self.open.borrow_mut();
-            let o = open.entry(r.id).or_insert_with(|| self.open_entry(r.id));
+            let o = open.entry(id).or_insert_with(|| self.open_entry(id));
             !std::mem::replace(&mut o.delay_warned, true)
         };
-        if !wants || !first {
-            return;
+        if first {
+            self.send_dsn(id, envelope, now, rcpts).await;
         }
-        let Some(rcpt) = rcpt else { return };
-        let d = DsnRcpt {
-            address: &rcpt.address,
-            orcpt: rcpt.orcpt.as_deref(),
-            action: "delayed",
-            status: bounce::status_of(&r.reply, false),
-            diagnostic: &r.reply,
-            remote: r.remote.as_deref(),
-        };
-        self.send_dsn(r.id, envelope, now, vec![d]).await;
     }
 
     /// When the last recipient is final: a DSN for the failed ones that asked for it.
@@ -705,6 +699,39 @@ impl QueueManager {
     fn route_later(&self, id: QueueId) {
         self.schedule(id, 0, 0);
     }
+}
+
+/// The DSN lines for the outcomes of `kind` whose recipient's NOTIFY asks for them.
+fn notice_rcpts<'a>(
+    outcomes: &'a [Outcome],
+    envelope: &'a Envelope,
+    kind: OutcomeKind,
+    remote: Option<&'a str>,
+    wants: impl Fn(Option<u8>) -> bool,
+) -> Vec<DsnRcpt<'a>> {
+    outcomes
+        .iter()
+        .filter(|o| o.kind == kind)
+        .filter_map(|o| {
+            let r = envelope.recipients.get(o.rcpt as usize)?;
+            wants(r.notify).then(|| DsnRcpt {
+                address: &r.address,
+                orcpt: r.orcpt.as_deref(),
+                action: if kind == OutcomeKind::Delivered {
+                    "relayed"
+                } else {
+                    "delayed"
+                },
+                status: if kind == OutcomeKind::Delivered {
+                    "2.0.0".into()
+                } else {
+                    bounce::status_of(&o.reply, false)
+                },
+                diagnostic: &o.reply,
+                remote,
+            })
+        })
+        .collect()
 }
 
 struct Snapshot {

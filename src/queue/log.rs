@@ -199,9 +199,16 @@ impl Log {
 
     /// Stages an outcome record; the index changes only once it is on disk.
     pub fn append_outcome(&self, o: Outcome) -> Ticket {
+        self.append_outcomes(vec![o])
+    }
+
+    /// Stages outcome records together (one transaction's recipients): one ticket.
+    pub fn append_outcomes(&self, os: Vec<Outcome>) -> Ticket {
         let mut st = self.st.borrow_mut();
-        record::encode_outcome(&mut st.staging, &o);
-        st.new_outcomes.push(o);
+        for o in &os {
+            record::encode_outcome(&mut st.staging, o);
+        }
+        st.new_outcomes.extend(os);
         self.staged(st)
     }
 
