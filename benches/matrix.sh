@@ -36,6 +36,7 @@ row "100 KiB, 1 rcpt" SIZE=102400 RCPTS=1 SHARDS="$SHARDS"
 row "1 KiB, 10 rcpts" SIZE=1024 RCPTS=10 SHARDS="$SHARDS"
 row "1 KiB, 1 rcpt, 1 shard" SIZE=1024 RCPTS=1 SHARDS=1
 row "1 KiB, 1 rcpt, 2 shards" SIZE=1024 RCPTS=1 SHARDS=2
+row "1 KiB, 10 rcpts, 1 shard" SIZE=1024 RCPTS=10 SHARDS=1
 
 echo
 echo "loadgen send -> ringpost -> loadgen sink, 50 connections (latency: MAIL to the final 250):"
