@@ -362,48 +362,55 @@ impl Transaction {
     /// Per recipient: its disposition and the reply that decided it. Recipients without a
     /// deciding reply (the connection broke) get `lost`.
     pub fn results(&self, lost: &Failure) -> Vec<(Disposition, String)> {
+        let after = |r: &Reply, to: &str| {
+            (
+                Disposition::of_code(r.code),
+                format!("{} {} (in reply to {to})", r.code, r.text),
+            )
+        };
+        let lost = || (Disposition::of_failure(lost), lost.text().to_string());
+        // A reply to the whole transaction decides every recipient alike: its text is
+        // formatted once and copied, not formatted per recipient.
+        let mail = self
+            .mail
+            .as_ref()
+            .filter(|m| !m.is_ok())
+            .map(|m| after(m, "MAIL FROM"));
+        let data = match &self.data {
+            None => None,
+            Some(d) if d.code == 354 => Some(None),
+            Some(d) => Some(Some(after(d, "DATA"))),
+        };
+        let final_reply = if self.lmtp {
+            None
+        } else {
+            self.finals.first().map(|f| after(f, "end of data"))
+        };
         let mut accepted_seen = 0;
         (0..self.rcpts)
             .map(|i| {
-                if let Some(m) = self.mail.as_ref().filter(|m| !m.is_ok()) {
-                    return (
-                        Disposition::of_code(m.code),
-                        format!("{} (in reply to MAIL FROM)", m.line()),
-                    );
+                if let Some(m) = &mail {
+                    return m.clone();
                 }
                 let Some(rr) = self.rcpt_replies.get(i) else {
-                    return (Disposition::of_failure(lost), lost.text().to_string());
+                    return lost();
                 };
                 if !rr.is_ok() {
-                    return (
-                        Disposition::of_code(rr.code),
-                        format!("{} (in reply to RCPT TO)", rr.line()),
-                    );
+                    return after(rr, "RCPT TO");
                 }
                 let idx = accepted_seen;
                 accepted_seen += 1;
-                match &self.data {
-                    Some(d) if d.code != 354 => {
-                        return (
-                            Disposition::of_code(d.code),
-                            format!("{} (in reply to DATA)", d.line()),
-                        )
-                    }
-                    None => return (Disposition::of_failure(lost), lost.text().to_string()),
-                    _ => {}
+                match &data {
+                    None => return lost(),
+                    Some(Some(refused)) => return refused.clone(),
+                    Some(None) => {}
                 }
                 let decisive = if self.lmtp {
-                    self.finals.get(idx)
+                    self.finals.get(idx).map(|f| after(f, "end of data"))
                 } else {
-                    self.finals.first()
+                    final_reply.clone()
                 };
-                match decisive {
-                    Some(f) => (
-                        Disposition::of_code(f.code),
-                        format!("{} (in reply to end of data)", f.line()),
-                    ),
-                    None => (Disposition::of_failure(lost), lost.text().to_string()),
-                }
+                decisive.unwrap_or_else(lost)
             })
             .collect()
     }
@@ -514,6 +521,53 @@ mod tests {
                 Disposition::Deferred,
                 Disposition::Failed
             ]
+        );
+    }
+
+    #[test]
+    fn reply_texts_name_the_command_they_answer() {
+        let lost = Failure::Lost("451 4.4.2 lost".into());
+        let texts = |t: &Transaction| -> Vec<String> {
+            t.results(&lost).into_iter().map(|x| x.1).collect()
+        };
+        let mut t = Transaction::new(3, true, false);
+        for reply in [(250, "ok"), (250, "ok"), (451, "4.2.0 later"), (250, "ok")] {
+            t.on_reply(r(reply.0, reply.1));
+        }
+        t.on_reply(r(354, "go"));
+        t.on_reply(r(250, "2.0.0 queued"));
+        assert_eq!(
+            texts(&t),
+            [
+                "250 2.0.0 queued (in reply to end of data)",
+                "451 4.2.0 later (in reply to RCPT TO)",
+                "250 2.0.0 queued (in reply to end of data)",
+            ]
+        );
+        let mut t = Transaction::new(2, true, false);
+        t.on_reply(r(550, "5.7.1 sender refused"));
+        assert_eq!(
+            texts(&t),
+            ["550 5.7.1 sender refused (in reply to MAIL FROM)"; 2]
+        );
+        let mut t = Transaction::new(2, true, false);
+        for reply in [
+            (250, "ok"),
+            (250, "ok"),
+            (250, "ok"),
+            (554, "5.3.4 too big"),
+        ] {
+            t.on_reply(r(reply.0, reply.1));
+        }
+        assert_eq!(texts(&t), ["554 5.3.4 too big (in reply to DATA)"; 2]);
+        let mut t = Transaction::new(2, false, true);
+        for reply in [(250, "ok"), (250, "ok"), (250, "ok"), (354, "go")] {
+            t.on_reply(r(reply.0, reply.1));
+        }
+        t.on_reply(r(250, "2.1.5 one"));
+        assert_eq!(
+            texts(&t),
+            ["250 2.1.5 one (in reply to end of data)", "451 4.4.2 lost"]
         );
     }
 
