@@ -1,8 +1,8 @@
 //! Delivery on the shard that owns a site: a ready queue per site, a pool of outbound
 //! connections that grows with the queue (up to `max_connections_per_host`) and shrinks
 //! after `idle_timeout`, many messages per connection, all of a message's recipients for
-//! the site in one transaction. Outcomes go back, per recipient, to the shard whose log
-//! holds the message.
+//! the site in one transaction. Outcomes go back, one report per transaction with a result
+//! per recipient, to the shard whose log holds the message.
 
 pub mod bounce;
 pub mod qmgr;
@@ -87,7 +87,8 @@ pub struct RcptResult {
 }
 
 impl Report {
-    /// The same result for every recipient of `job`.
+    /// The same result for each recipient in `indexes` (a job that cannot go, a route
+    /// that failed, an operator's bounce).
     pub fn all(
         origin: usize,
         id: QueueId,
