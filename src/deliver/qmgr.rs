@@ -445,13 +445,18 @@ impl QueueManager {
         }
         // The content is still on disk: the message is not finished until the outcomes
         // below are written.
+        let reported = Reported {
+            id,
+            outcomes: &outcomes,
+            remote,
+            envelope: &envelope,
+            now,
+        };
         if !r.next_hop_dsn {
-            self.success_notice(id, &outcomes, remote, &envelope, now)
-                .await;
+            self.success_notice(&reported).await;
         }
         if age >= self.cfg.delay_warning && !self.cfg.delay_warning.is_zero() {
-            self.delay_warning(id, &outcomes, remote, &envelope, now)
-                .await;
+            self.delay_warning(&reported).await;
         }
         if finished {
             self.bounce_if_needed(id, &envelope, arrival, now).await;
@@ -511,21 +516,14 @@ impl QueueManager {
 
     /// NOTIFY=SUCCESS and the next hop did not take the DSN parameters: we say "relayed"
     /// (RFC 3464 2.3.3), as the final MTA will not. One DSN for the recipients of a report.
-    async fn success_notice(
-        &self,
-        id: QueueId,
-        outcomes: &[Outcome],
-        remote: Option<&str>,
-        envelope: &Envelope,
-        now: u64,
-    ) {
-        let rcpts = notice_rcpts(outcomes, envelope, OutcomeKind::Delivered, remote, |n| {
+    async fn success_notice(&self, v: &Reported<'_>) {
+        let rcpts = v.notice_rcpts(OutcomeKind::Delivered, |n| {
             n.is_some_and(|n| n & notify::SUCCESS != 0)
         });
-        if rcpts.is_empty() || envelope.sender.is_empty() {
+        if rcpts.is_empty() || v.envelope.sender.is_empty() {
             return;
         }
-        self.send_dsn(id, envelope, now, rcpts).await;
+        self.send_dsn(v.id, v.envelope, v.now, rcpts).await;
     }
 
     /// A deferred recipient's next attempt: exponential backoff from `retry_initial` up
@@ -558,18 +556,11 @@ impl QueueManager {
     /// The first deferral of a message older than `delay_warning`: one "delayed" DSN for
     /// the deferred recipients of that report that did not say NOTIFY=NEVER (or left
     /// DELAY out).
-    async fn delay_warning(
-        &self,
-        id: QueueId,
-        outcomes: &[Outcome],
-        remote: Option<&str>,
-        envelope: &Envelope,
-        now: u64,
-    ) {
-        if envelope.sender.is_empty() {
+    async fn delay_warning(&self, v: &Reported<'_>) {
+        if v.envelope.sender.is_empty() {
             return;
         }
-        let rcpts = notice_rcpts(outcomes, envelope, OutcomeKind::Deferred, remote, |n| {
+        let rcpts = v.notice_rcpts(OutcomeKind::Deferred, |n| {
             n.is_none_or(|n| n & notify::DELAY != 0)
         });
         if rcpts.is_empty() {
@@ -577,11 +568,11 @@ impl QueueManager {
         }
         let first = {
             let mut open = self.open.borrow_mut();
-            let o = open.entry(id).or_insert_with(|| self.open_entry(id));
+            let o = open.entry(v.id).or_insert_with(|| self.open_entry(v.id));
             !std::mem::replace(&mut o.delay_warned, true)
         };
         if first {
-            self.send_dsn(id, envelope, now, rcpts).await;
+            self.send_dsn(v.id, v.envelope, v.now, rcpts).await;
         }
     }
 
@@ -701,37 +692,43 @@ impl QueueManager {
     }
 }
 
-/// The DSN lines for the outcomes of `kind` whose recipient's NOTIFY asks for them.
-fn notice_rcpts<'a>(
+/// A report's outcomes, as its notices (relayed, delayed) are made from them.
+struct Reported<'a> {
+    id: QueueId,
     outcomes: &'a [Outcome],
-    envelope: &'a Envelope,
-    kind: OutcomeKind,
     remote: Option<&'a str>,
-    wants: impl Fn(Option<u8>) -> bool,
-) -> Vec<DsnRcpt<'a>> {
-    outcomes
-        .iter()
-        .filter(|o| o.kind == kind)
-        .filter_map(|o| {
-            let r = envelope.recipients.get(o.rcpt as usize)?;
-            wants(r.notify).then(|| DsnRcpt {
-                address: &r.address,
-                orcpt: r.orcpt.as_deref(),
-                action: if kind == OutcomeKind::Delivered {
-                    "relayed"
-                } else {
-                    "delayed"
-                },
-                status: if kind == OutcomeKind::Delivered {
-                    "2.0.0".into()
-                } else {
-                    bounce::status_of(&o.reply, false)
-                },
-                diagnostic: &o.reply,
-                remote,
+    envelope: &'a Envelope,
+    now: u64,
+}
+
+impl<'a> Reported<'a> {
+    /// The DSN lines for the outcomes of `kind` whose recipient's NOTIFY asks for them.
+    fn notice_rcpts(
+        &self,
+        kind: OutcomeKind,
+        wants: impl Fn(Option<u8>) -> bool,
+    ) -> Vec<DsnRcpt<'a>> {
+        let relayed = kind == OutcomeKind::Delivered;
+        self.outcomes
+            .iter()
+            .filter(|o| o.kind == kind)
+            .filter_map(|o| {
+                let r = self.envelope.recipients.get(o.rcpt as usize)?;
+                wants(r.notify).then(|| DsnRcpt {
+                    address: &r.address,
+                    orcpt: r.orcpt.as_deref(),
+                    action: if relayed { "relayed" } else { "delayed" },
+                    status: if relayed {
+                        "2.0.0".into()
+                    } else {
+                        bounce::status_of(&o.reply, false)
+                    },
+                    diagnostic: &o.reply,
+                    remote: self.remote,
+                })
             })
-        })
-        .collect()
+            .collect()
+    }
 }
 
 struct Snapshot {
