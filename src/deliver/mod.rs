@@ -71,8 +71,9 @@ pub struct JobRcpt {
 pub struct Report {
     pub origin: usize,
     pub id: QueueId,
-    /// The host that answered, for the DSN's Remote-MTA.
-    pub remote: Option<String>,
+    /// The host that answered, for the DSN's Remote-MTA (shared with its connection: no
+    /// copy per transaction).
+    pub remote: Option<Arc<str>>,
     /// The next hop took the DSN parameters: success notices are its business now.
     pub next_hop_dsn: bool,
     pub rcpts: Vec<RcptResult>,
@@ -301,7 +302,7 @@ impl Deliverer {
         .await;
     }
 
-    fn report_all(&self, job: &Job, kind: OutcomeKind, reply: &str, remote: Option<&str>) {
+    fn report_all(&self, job: &Job, kind: OutcomeKind, reply: &str, remote: Option<&Arc<str>>) {
         let mut r = Report::all(
             job.origin,
             job.id,
@@ -309,7 +310,7 @@ impl Deliverer {
             kind,
             reply,
         );
-        r.remote = remote.map(str::to_string);
+        r.remote = remote.cloned();
         self.report(r);
     }
 
@@ -539,7 +540,7 @@ impl Deliverer {
         Ok(Outbound {
             conn,
             caps,
-            remote: format!("{host}[{}]", addr.ip()),
+            remote: Arc::from(format!("{host}[{}]", addr.ip())),
             lmtp,
             buf: Vec::new(),
         })
@@ -680,7 +681,7 @@ impl Deliverer {
         self.report(Report {
             origin: job.origin,
             id: job.id,
-            remote: Some(out.remote.clone()),
+            remote: Some(Arc::clone(&out.remote)),
             next_hop_dsn: out.caps.dsn,
             rcpts: job
                 .rcpts
@@ -898,7 +899,7 @@ fn kind_of(d: Disposition) -> OutcomeKind {
 struct Outbound {
     conn: Conn,
     caps: Capabilities,
-    remote: String,
+    remote: Arc<str>,
     lmtp: bool,
     /// Reused for every write of the connection's transactions.
     buf: Vec<u8>,

@@ -46,7 +46,7 @@ struct Failure {
     index: u32,
     reply: String,
     status: String,
-    remote: Option<String>,
+    remote: Option<Arc<str>>,
 }
 
 pub struct QueueManager {

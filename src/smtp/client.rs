@@ -370,18 +370,18 @@ impl Transaction {
         };
         let lost = || (Disposition::of_failure(lost), lost.text().to_string());
         // A reply to the whole transaction decides every recipient alike: its text is
-        // formatted once and copied, not formatted per recipient.
-        let mail = self
+        // formatted once, copied for each recipient but the last, which takes it.
+        let mut mail = self
             .mail
             .as_ref()
             .filter(|m| !m.is_ok())
             .map(|m| after(m, "MAIL FROM"));
-        let data = match &self.data {
-            None => None,
-            Some(d) if d.code == 354 => Some(None),
-            Some(d) => Some(Some(after(d, "DATA"))),
-        };
-        let final_reply = if self.lmtp {
+        let mut refused = self
+            .data
+            .as_ref()
+            .filter(|d| d.code != 354)
+            .map(|d| after(d, "DATA"));
+        let mut final_reply = if self.lmtp {
             None
         } else {
             self.finals.first().map(|f| after(f, "end of data"))
@@ -389,8 +389,16 @@ impl Transaction {
         let mut accepted_seen = 0;
         (0..self.rcpts)
             .map(|i| {
-                if let Some(m) = &mail {
-                    return m.clone();
+                let last = i + 1 == self.rcpts;
+                let shared = |s: &mut Option<(Disposition, String)>| {
+                    if last {
+                        s.take()
+                    } else {
+                        s.clone()
+                    }
+                };
+                if let Some(m) = shared(&mut mail) {
+                    return m;
                 }
                 let Some(rr) = self.rcpt_replies.get(i) else {
                     return lost();
@@ -400,15 +408,16 @@ impl Transaction {
                 }
                 let idx = accepted_seen;
                 accepted_seen += 1;
-                match &data {
-                    None => return lost(),
-                    Some(Some(refused)) => return refused.clone(),
-                    Some(None) => {}
+                if self.data.is_none() {
+                    return lost();
+                }
+                if let Some(r) = shared(&mut refused) {
+                    return r;
                 }
                 let decisive = if self.lmtp {
                     self.finals.get(idx).map(|f| after(f, "end of data"))
                 } else {
-                    final_reply.clone()
+                    shared(&mut final_reply)
                 };
                 decisive.unwrap_or_else(lost)
             })
