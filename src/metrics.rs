@@ -46,6 +46,9 @@ pub struct ShardMetrics {
     pub outbound_connections: u64,
     pub transactions: u64,
     pub chained: u64,
+    pub paced_spells: u64,
+    pub paused_rounds: u64,
+    pub paused_us: u64,
     pub delivered: u64,
     pub deferred: u64,
     pub failed: u64,
@@ -205,6 +208,24 @@ pub fn render(shards: &BTreeMap<usize, ShardMetrics>) -> String {
         "outbound_chained",
         "Outbound transactions whose envelope went out behind the previous message's content",
         each(|m| m.chained),
+    );
+    counter(
+        &mut reg,
+        "loop_paced_spells",
+        "100 ms spells in which the shard's loop was paced ([tuning] loop_period)",
+        each(|m| m.paced_spells),
+    );
+    counter(
+        &mut reg,
+        "loop_paused_rounds",
+        "Rounds of the shard's loop held back by a pause",
+        each(|m| m.paused_rounds),
+    );
+    counter(
+        &mut reg,
+        "loop_paused_microseconds",
+        "Time the shard's thread slept in loop pauses",
+        each(|m| m.paused_us),
     );
     gauge(
         &mut reg,

@@ -517,7 +517,20 @@ pub struct Tuning {
     /// ETRN and operator commands always). Every ordered pair of shards has one, each slot
     /// preallocated (about 136 octets): 0 sizes them to fit the mesh in 64 MiB.
     pub mesh_capacity: usize,
+    /// Shortest round of a shard's event loop while the shard is busy and tasks wait for
+    /// a CPU: a round that ends sooner sleeps the rest (src/shard/pace.rs). 0: never.
+    #[serde(
+        deserialize_with = "duration::deserialize",
+        serialize_with = "duration::serialize"
+    )]
+    pub loop_period: Duration,
+    /// Pace only while tasks waited for a CPU at least this percent of the time
+    /// (`/proc/pressure/cpu`, "some"); 0: whenever the shard is busy.
+    pub loop_pace_cpu_pressure: u32,
 }
+
+/// Longest `[tuning] loop_period`: beyond it sessions wait more than pacing saves.
+pub const LOOP_PERIOD_MAX: Duration = Duration::from_millis(5);
 
 impl Default for Tuning {
     fn default() -> Self {
@@ -529,6 +542,8 @@ impl Default for Tuning {
             read_buffer_bytes: READ_BUFFER_BYTES_DEFAULT,
             preempt_timer: Duration::from_millis(10),
             mesh_capacity: 0,
+            loop_period: Duration::from_micros(250),
+            loop_pace_cpu_pressure: 10,
         }
     }
 }
@@ -744,6 +759,15 @@ impl Config {
         }
         if t.ring_depth < 8 || !t.ring_depth.is_power_of_two() {
             return Err("[tuning] ring_depth must be a power of two, at least 8".into());
+        }
+        if t.loop_period > LOOP_PERIOD_MAX {
+            return Err(format!(
+                "[tuning] loop_period must be at most {}us (0 turns pacing off)",
+                LOOP_PERIOD_MAX.as_micros()
+            ));
+        }
+        if t.loop_pace_cpu_pressure > 100 {
+            return Err("[tuning] loop_pace_cpu_pressure is a percent: 0 to 100".into());
         }
         Ok(())
     }

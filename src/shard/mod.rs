@@ -4,6 +4,7 @@
 
 pub mod links;
 pub mod local;
+pub mod pace;
 
 use crate::config::{Config, ListenKind};
 use crate::deliver::qmgr::QueueManager;
@@ -75,6 +76,8 @@ pub struct Shard {
     pub accepted: Cell<u64>,
     /// End of content to 250, microseconds.
     pub store_us: RefCell<hdrhistogram::Histogram<u64>>,
+    /// What loop pacing did ([`pace`]).
+    pub pace: Rc<pace::PaceStats>,
 }
 
 /// What a shard tells the main thread once it is serving (or why it could not start).
@@ -365,7 +368,16 @@ async fn shard_main(place: Place, inputs: Inputs) -> Option<Finished> {
         watchdog: Rc::default(),
         accepted: Cell::new(0),
         store_us: RefCell::new(crate::queue::log::sync_histogram()),
+        pace: Rc::default(),
     });
+    if !config.tuning.loop_period.is_zero() {
+        glommio::spawn_local(pace::run(
+            config.tuning.loop_period,
+            config.tuning.loop_pace_cpu_pressure,
+            Rc::clone(&shard.pace),
+        ))
+        .detach();
+    }
     let sweeper = glommio::spawn_local(Rc::clone(&shard.watchdog).run(
         crate::net::watchdog::sweep_interval(&[s.command_timeout, s.data_timeout]),
     ));
@@ -488,6 +500,9 @@ fn snapshot(shard: &Shard, resolver: &Resolver) -> crate::metrics::ShardMetrics 
         outbound_connections: d.connections,
         transactions: d.transactions,
         chained: d.chained,
+        paced_spells: shard.pace.paced_spells.get(),
+        paused_rounds: shard.pace.paused_rounds.get(),
+        paused_us: shard.pace.paused_us.get(),
         delivered: d.delivered,
         deferred: d.deferred,
         failed: d.failed,
