@@ -132,6 +132,62 @@ fn metrics_summary_and_flush() {
     r.wait_for("tempfail-1@sink.test");
 }
 
+/// Loop pacing held to a long period (and on whether or not the CPUs are contended):
+/// every message still arrives, and the pauses show in the metrics.
+#[test]
+fn a_paced_loop_delivers_everything_and_counts_its_pauses() {
+    let admin = free_port();
+    let config = format!(
+        "[server]\nhostname = \"relay.test\"\n[policy]\nrelay_domains = [\"sink.test\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"t0ken\"\n[tuning]\nshards = 1\nloop_period = \"1ms\"\nloop_pace_cpu_pressure = 0\n"
+    );
+    let r = Relay::start("", &config, "", &[]);
+    // Four lock-step connections (no pipelining): small, frequent rounds of the loop.
+    let report = r.send(&[
+        "--messages",
+        "600",
+        "--connections",
+        "4",
+        "--rcpts-per-message",
+        "3",
+        "--pipelining",
+        "off",
+        "--domain",
+        "sink.test",
+        "--seed",
+        "5",
+    ]);
+    assert_eq!(report["messages_accepted"], 600, "{report}");
+    r.wait_sink("delivered_messages", 600);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (code, text) = http(
+            admin,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\n\r\n",
+        );
+        assert_eq!(code, 200);
+        if metric(&text, "ringpost_delivered_recipients_total") == 1800 {
+            assert!(
+                metric(&text, "ringpost_loop_paced_spells_total") >= 1,
+                "{text}"
+            );
+            assert!(
+                metric(&text, "ringpost_loop_paused_rounds_total") >= 1,
+                "{text}"
+            );
+            assert!(
+                metric(&text, "ringpost_loop_paused_microseconds_total") >= 1,
+                "{text}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let s = r.sink_stats();
+    assert_eq!(s["duplicated"], 0, "{s}");
+    assert_eq!(s["corrupted"], 0, "{s}");
+}
+
 fn queue_cmd(r: &Relay, args: &[&str]) -> String {
     let out = Command::new(binary())
         .arg("queue")
