@@ -191,6 +191,13 @@ pub fn suggest(m: &Machine, cpus: &[usize]) -> String {
         "# Cross-shard channel slots: the whole mesh in 64 MiB.\nmesh_capacity = {}",
         crate::shard::mesh_capacity(0, shards)
     );
+    let t = crate::config::Tuning::default();
+    let _ = writeln!(
+        s,
+        "# Loop pacing, only while tasks wait for a CPU and a shard runs small rounds.\nloop_period = \"{}us\"\nloop_pace_cpu_pressure = {}",
+        t.loop_period.as_micros(),
+        t.loop_pace_cpu_pressure
+    );
     s
 }
 

@@ -28,18 +28,25 @@ pub const DECISION_SPELL: Duration = Duration::from_millis(100);
 /// Task runs per second (besides the pacer's own) below which the shard counts as idle.
 pub const BUSY_TASKS_PER_SEC: u64 = 2_000;
 
-/// Rounds count as small, and pacing pays, while glommio runs fewer tasks than this per
-/// scheduler pass (about two passes per round of the loop). Measured here with two
-/// shards: 10 recipients per message 3-8 (pacing there: 25% less CPU per message), one
-/// recipient 12-21 (each round already batched by the inline fdatasync; pacing there:
-/// only added latency, 8% fewer messages per second).
+/// Rounds count as small while glommio runs fewer tasks than this per scheduler pass
+/// (about two passes per round of the loop that runs tasks).
 pub const SMALL_ROUND_TASKS: u64 = 10;
+
+/// Rounds count as frequent at this many scheduler passes per `loop_period` or more, in
+/// tenths (15: 1.5 passes, about 0.75 rounds, per period): a loop that turns less often
+/// than the period allows has nothing to gain from it, only latency.
+///
+/// Measured here with two shards in 10 ms probes, at 250 us: 10 recipients per message
+/// 70-94 passes with 3-8 tasks each (paced: 20-25% less CPU per message); one recipient
+/// 24-54 passes with 7-35 tasks (each round already batched by the inline fdatasync; paced
+/// anyway, it lost 7-8% of its messages per second).
+pub const FREQUENT_PASSES_PER_PERIOD_TENTHS: u64 = 15;
 
 /// The timer that ends a paced round: due at once, it fires when the reactor next polls.
 const NEXT_ROUND_TIMER: Duration = Duration::from_micros(1);
 
-/// Timer slack of a paced shard's thread, nanoseconds: the default 50 us would stretch
-/// every pause by up to that much.
+/// Timer slack of a shard's thread while paced, nanoseconds: the default 50 us would
+/// stretch every pause by up to that much.
 const PACE_TIMER_SLACK_NS: libc::c_ulong = 1_000;
 
 /// Where Linux reports CPU pressure.
@@ -101,14 +108,20 @@ pub struct Probe {
     pub window: Duration,
 }
 
-/// Whether to pace the next spell: the shard ran tasks (besides the pacer) at
-/// [`BUSY_TASKS_PER_SEC`] or more, in small rounds ([`SMALL_ROUND_TASKS`]), and, unless
-/// `pressure_min_percent` is 0, tasks waited for a CPU for at least that share of the window.
-pub fn should_pace(p: &Probe, pressure_min_percent: u32) -> bool {
+/// Whether to pace the next spell at `period`: the shard ran tasks (besides the pacer) at
+/// [`BUSY_TASKS_PER_SEC`] or more, in small ([`SMALL_ROUND_TASKS`]) and frequent
+/// ([`FREQUENT_PASSES_PER_PERIOD_TENTHS`]) rounds, and, unless `pressure_min_percent` is
+/// 0, tasks waited for a CPU for at least that share of the window.
+pub fn should_pace(p: &Probe, period: Duration, pressure_min_percent: u32) -> bool {
     if u128::from(p.tasks) * 1_000_000 < u128::from(BUSY_TASKS_PER_SEC) * p.window.as_micros() {
         return false;
     }
     if p.tasks >= SMALL_ROUND_TASKS * p.passes {
+        return false;
+    }
+    if u128::from(p.passes) * period.as_micros() * 10
+        < u128::from(FREQUENT_PASSES_PER_PERIOD_TENTHS) * p.window.as_micros()
+    {
         return false;
     }
     if pressure_min_percent == 0 {
@@ -135,8 +148,6 @@ async fn next_round() {
 
 /// Paces this shard's loop for as long as the shard runs (a detached task).
 pub async fn run(period: Duration, pressure_min_percent: u32, stats: std::rc::Rc<PaceStats>) {
-    // SAFETY: prctl(PR_SET_TIMERSLACK) changes only this thread's timer slack.
-    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, PACE_TIMER_SLACK_NS, 0, 0, 0) };
     let mut psi = CpuPressure::open();
     loop {
         // Measure one unpaced window. Task runs and passes come from the executor's own
@@ -156,11 +167,12 @@ pub async fn run(period: Duration, pressure_min_percent: u32, stats: std::rc::Rc
             stalled,
             window: start.elapsed(),
         };
-        if !should_pace(&probe, pressure_min_percent) {
+        if !should_pace(&probe, period, pressure_min_percent) {
             glommio::timer::sleep(DECISION_SPELL).await;
             continue;
         }
         stats.paced_spells.set(stats.paced_spells.get() + 1);
+        let slack = TimerSlack::set(PACE_TIMER_SLACK_NS);
         let spell = Instant::now();
         let mut round = spell;
         while spell.elapsed() < DECISION_SPELL {
@@ -175,6 +187,30 @@ pub async fn run(period: Duration, pressure_min_percent: u32, stats: std::rc::Rc
             }
             next_round().await;
             round = Instant::now();
+        }
+        drop(slack);
+    }
+}
+
+/// This thread's timer slack, set for a paced spell and put back after it.
+struct TimerSlack(libc::c_int);
+
+impl TimerSlack {
+    fn set(ns: libc::c_ulong) -> TimerSlack {
+        // SAFETY: prctl(PR_GET/SET_TIMERSLACK) reads and changes only this thread's slack.
+        unsafe {
+            let before = libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0);
+            libc::prctl(libc::PR_SET_TIMERSLACK, ns, 0, 0, 0);
+            TimerSlack(before)
+        }
+    }
+}
+
+impl Drop for TimerSlack {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            // SAFETY: as in `set`.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, self.0 as libc::c_ulong, 0, 0, 0) };
         }
     }
 }
@@ -194,26 +230,31 @@ mod tests {
     }
 
     #[test]
-    fn paces_a_busy_shard_in_small_rounds_while_cpus_are_contended() {
+    fn paces_a_busy_shard_in_small_frequent_rounds_while_cpus_are_contended() {
         let ms = Duration::from_millis;
-        // 2,000 task runs a second is 20 in 10 ms; 10 passes of the scheduler
-        let probe = |tasks, stalled| Probe {
+        let period = Duration::from_micros(250);
+        // In 10 ms: 2,000 task runs a second is 20; 60 passes is 1.5 per 250 us.
+        let probe = |tasks, passes, stalled| Probe {
             tasks,
-            passes: 10,
+            passes,
             stalled,
             window: ms(10),
         };
+        let pace = |p: Probe, pressure| should_pace(&p, period, pressure);
         // idle: never
-        assert!(!should_pace(&probe(19, Some(ms(10))), 10));
-        assert!(!should_pace(&probe(0, None), 0));
+        assert!(!pace(probe(19, 60, Some(ms(10))), 10));
+        assert!(!pace(probe(0, 0, None), 0));
         // busy, tasks waited 1 ms of 10: at 10% yes, at 20% no
-        assert!(should_pace(&probe(20, Some(ms(1))), 10));
-        assert!(!should_pace(&probe(20, Some(ms(1))), 20));
+        assert!(pace(probe(200, 60, Some(ms(1))), 10));
+        assert!(!pace(probe(200, 60, Some(ms(1))), 20));
         // rounds already large (10 or more task runs a pass): no
-        assert!(should_pace(&probe(99, Some(ms(5))), 10));
-        assert!(!should_pace(&probe(100, Some(ms(5))), 10));
+        assert!(pace(probe(599, 60, Some(ms(5))), 10));
+        assert!(!pace(probe(600, 60, Some(ms(5))), 10));
+        // rounds less frequent than 1.5 passes a period: no; a longer period: yes
+        assert!(!pace(probe(200, 59, Some(ms(5))), 10));
+        assert!(should_pace(&probe(200, 59, Some(ms(5))), ms(1), 10));
         // no pressure information: only when no pressure is asked for
-        assert!(!should_pace(&probe(50, None), 10));
-        assert!(should_pace(&probe(50, None), 0));
+        assert!(!pace(probe(200, 60, None), 10));
+        assert!(pace(probe(200, 60, None), 0));
     }
 }
