@@ -215,6 +215,7 @@ pub fn render(shards: &BTreeMap<usize, ShardMetrics>) -> String {
         "100 ms spells in which the shard's loop was paced ([tuning] loop_period)",
         each(|m| m.paced_spells),
     );
+
     counter(
         &mut reg,
         "loop_paused_rounds",

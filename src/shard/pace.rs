@@ -12,6 +12,12 @@
 //! arrived meanwhile. A saturated shard's rounds are longer than the period and are never
 //! held; an idle or uncontended shard is not paced at all. The price is latency: up to one
 //! period per step of a session, only while the CPUs are contended.
+//!
+//! Rounds count as small below [`SMALL_ROUND_TASKS`] task runs per scheduler pass. Measured
+//! here with two shards in 10 ms probes: 10 recipients per message 3-8 (pacing there: 20-25%
+//! less CPU per message), one recipient mostly 12-35 (each round already batched by the
+//! inline fdatasync), where pacing starts rarely: none in two 10,000-message
+//! `vs-postfix.sh` runs, up to 3 spells in 20 probes of busy windows in others.
 
 use std::cell::Cell;
 use std::fs::File;
@@ -21,12 +27,6 @@ use std::time::{Duration, Instant};
 /// The unpaced window in which the shard's loop is measured before each decision.
 pub const PROBE_WINDOW: Duration = Duration::from_millis(10);
 
-/// Probes in a row that must ask for pacing before a spell is paced. With one, the burst of
-/// sessions and delivery connections opening at the start of a load (small, frequent
-/// rounds) got paced spells where the load then ran in large rounds: 1 KiB messages in
-/// `vs-postfix.sh`, 10.0-10.6k against 10.7-11.5k msgs/s unpaced.
-pub const PROBES_TO_PACE: u32 = 2;
-
 /// How long a decision holds: paced or not, the shard is measured again after this (a
 /// shard at rest wakes for it about nine times a second).
 pub const DECISION_SPELL: Duration = Duration::from_millis(100);
@@ -35,18 +35,8 @@ pub const DECISION_SPELL: Duration = Duration::from_millis(100);
 pub const BUSY_TASKS_PER_SEC: u64 = 2_000;
 
 /// Rounds count as small while glommio runs fewer tasks than this per scheduler pass
-/// (about two passes per round of the loop that runs tasks).
+/// (about two passes per round of the loop that runs tasks); see the module's notes.
 pub const SMALL_ROUND_TASKS: u64 = 10;
-
-/// Rounds count as frequent at this many scheduler passes per `loop_period` or more, in
-/// tenths (15: 1.5 passes, about 0.75 rounds, per period): a loop that turns less often
-/// than the period allows has nothing to gain from it, only latency.
-///
-/// Measured here with two shards in 10 ms probes, at 250 us: 10 recipients per message
-/// 70-94 passes with 3-8 tasks each (paced: 20-25% less CPU per message); one recipient
-/// 24-54 passes with 7-35 tasks (each round already batched by the inline fdatasync; paced
-/// anyway, it lost 7-8% of its messages per second).
-pub const FREQUENT_PASSES_PER_PERIOD_TENTHS: u64 = 15;
 
 /// The timer that ends a paced round: due at once, it fires when the reactor next polls.
 const NEXT_ROUND_TIMER: Duration = Duration::from_micros(1);
@@ -104,8 +94,8 @@ pub fn some_total_us(text: &[u8]) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// One unpaced window of a shard's loop: task runs (besides the pacer's), scheduler passes,
-/// how long tasks waited for a CPU (None: not known) and the window's length.
+/// One window of a shard's loop: task runs (besides the pacer's), scheduler passes, how long
+/// tasks waited for a CPU (None: not known) and the window's length.
 #[derive(Debug, Clone, Copy)]
 pub struct Probe {
     pub tasks: u64,
@@ -114,20 +104,14 @@ pub struct Probe {
     pub window: Duration,
 }
 
-/// Whether to pace the next spell at `period`: the shard ran tasks (besides the pacer) at
-/// [`BUSY_TASKS_PER_SEC`] or more, in small ([`SMALL_ROUND_TASKS`]) and frequent
-/// ([`FREQUENT_PASSES_PER_PERIOD_TENTHS`]) rounds, and, unless `pressure_min_percent` is
-/// 0, tasks waited for a CPU for at least that share of the window.
-pub fn should_pace(p: &Probe, period: Duration, pressure_min_percent: u32) -> bool {
+/// Whether to pace the next spell: the shard ran tasks (besides the pacer) at
+/// [`BUSY_TASKS_PER_SEC`] or more, in small rounds ([`SMALL_ROUND_TASKS`]), and, unless
+/// `pressure_min_percent` is 0, tasks waited for a CPU for at least that share of the window.
+pub fn should_pace(p: &Probe, pressure_min_percent: u32) -> bool {
     if u128::from(p.tasks) * 1_000_000 < u128::from(BUSY_TASKS_PER_SEC) * p.window.as_micros() {
         return false;
     }
     if p.tasks >= SMALL_ROUND_TASKS * p.passes {
-        return false;
-    }
-    if u128::from(p.passes) * period.as_micros() * 10
-        < u128::from(FREQUENT_PASSES_PER_PERIOD_TENTHS) * p.window.as_micros()
-    {
         return false;
     }
     if pressure_min_percent == 0 {
@@ -176,16 +160,10 @@ async fn probe(psi: &mut CpuPressure) -> Probe {
 pub async fn run(period: Duration, pressure_min_percent: u32, stats: std::rc::Rc<PaceStats>) {
     let mut psi = CpuPressure::open();
     loop {
-        // A spell is paced only when PROBES_TO_PACE unpaced probes in a row ask for it: one
-        // alone may be a burst (sessions and connections opening at once).
-        let mut asked = 0;
-        while asked < PROBES_TO_PACE {
-            if should_pace(&probe(&mut psi).await, period, pressure_min_percent) {
-                asked += 1;
-            } else {
-                asked = 0;
-                glommio::timer::sleep(DECISION_SPELL).await;
-            }
+        let unpaced = probe(&mut psi).await;
+        if !should_pace(&unpaced, pressure_min_percent) {
+            glommio::timer::sleep(DECISION_SPELL).await;
+            continue;
         }
         stats.paced_spells.set(stats.paced_spells.get() + 1);
         let slack = TimerSlack::set(PACE_TIMER_SLACK_NS);
@@ -245,32 +223,30 @@ mod tests {
         assert_eq!(some_total_us(b""), None);
     }
 
-    #[test]
-    fn paces_a_busy_shard_in_small_frequent_rounds_while_cpus_are_contended() {
-        let ms = Duration::from_millis;
-        let period = Duration::from_micros(250);
-        // In 10 ms: 2,000 task runs a second is 20; 60 passes is 1.5 per 250 us.
-        let probe = |tasks, passes, stalled| Probe {
+    fn probe(tasks: u64, passes: u64, stalled: Option<Duration>) -> Probe {
+        Probe {
             tasks,
             passes,
             stalled,
-            window: ms(10),
-        };
-        let pace = |p: Probe, pressure| should_pace(&p, period, pressure);
+            window: Duration::from_millis(10),
+        }
+    }
+
+    #[test]
+    fn paces_a_busy_shard_in_small_rounds_while_cpus_are_contended() {
+        let ms = Duration::from_millis;
+        // In 10 ms: 2,000 task runs a second is 20.
         // idle: never
-        assert!(!pace(probe(19, 60, Some(ms(10))), 10));
-        assert!(!pace(probe(0, 0, None), 0));
+        assert!(!should_pace(&probe(19, 10, Some(ms(10))), 10));
+        assert!(!should_pace(&probe(0, 0, None), 0));
         // busy, tasks waited 1 ms of 10: at 10% yes, at 20% no
-        assert!(pace(probe(200, 60, Some(ms(1))), 10));
-        assert!(!pace(probe(200, 60, Some(ms(1))), 20));
+        assert!(should_pace(&probe(200, 60, Some(ms(1))), 10));
+        assert!(!should_pace(&probe(200, 60, Some(ms(1))), 20));
         // rounds already large (10 or more task runs a pass): no
-        assert!(pace(probe(599, 60, Some(ms(5))), 10));
-        assert!(!pace(probe(600, 60, Some(ms(5))), 10));
-        // rounds less frequent than 1.5 passes a period: no; a longer period: yes
-        assert!(!pace(probe(200, 59, Some(ms(5))), 10));
-        assert!(should_pace(&probe(200, 59, Some(ms(5))), ms(1), 10));
+        assert!(should_pace(&probe(599, 60, Some(ms(5))), 10));
+        assert!(!should_pace(&probe(600, 60, Some(ms(5))), 10));
         // no pressure information: only when no pressure is asked for
-        assert!(!pace(probe(200, 60, None), 10));
-        assert!(pace(probe(200, 60, None), 0));
+        assert!(!should_pace(&probe(200, 60, None), 10));
+        assert!(should_pace(&probe(200, 60, None), 0));
     }
 }
