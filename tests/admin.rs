@@ -167,7 +167,7 @@ fn a_paced_loop_delivers_everything_and_counts_its_pauses() {
         assert_eq!(code, 200);
         if metric(&text, "ringpost_delivered_recipients_total") == 1800 {
             assert!(
-                metric(&text, "ringpost_loop_paced_spells_total") >= 1,
+                metric(&text, "ringpost_loop_pace_trials_total") >= 1,
                 "{text}"
             );
             assert!(
