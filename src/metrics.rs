@@ -2,6 +2,7 @@
 //! atomics on the data path); a scrape merges the snapshots and renders the Prometheus
 //! text format with prometheus-client.
 
+use crate::shard::pace;
 use hdrhistogram::Histogram;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -213,16 +214,22 @@ pub fn render(shards: &BTreeMap<usize, ShardMetrics>) -> String {
     counter(
         &mut reg,
         "loop_pace_trials",
-        "Loop pacing trials: 100 ms unpaced against 100 ms paced ([tuning] loop_period)",
+        &format!(
+            "Loop pacing trials: {} ms unpaced against {} ms paced ([tuning] loop_period)",
+            pace::TRIAL_SPELL.as_millis(),
+            pace::TRIAL_SPELL.as_millis()
+        ),
         each(|m| m.trials),
     );
     counter(
         &mut reg,
         "loop_pace_paid_trials",
-        "Trials in which pacing spent less CPU per task (400 ms paced follow each)",
+        &format!(
+            "Trials in which pacing spent less CPU per task ({} ms paced follow each)",
+            pace::PACED_SPELL.as_millis()
+        ),
         each(|m| m.paid_trials),
     );
-
     counter(
         &mut reg,
         "loop_paused_rounds",

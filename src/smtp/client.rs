@@ -75,9 +75,12 @@ impl Reply {
                 .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
         ok.then_some(word)
     }
+}
 
-    pub fn line(&self) -> String {
-        format!("{} {}", self.code, self.text)
+/// The reply as one line: code and text.
+impl std::fmt::Display for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.code, self.text)
     }
 }
 
@@ -365,7 +368,7 @@ impl Transaction {
         let after = |r: &Reply, to: &str| {
             (
                 Disposition::of_code(r.code),
-                format!("{} {} (in reply to {to})", r.code, r.text),
+                format!("{r} (in reply to {to})"),
             )
         };
         let lost = || (Disposition::of_failure(lost), lost.text().to_string());
