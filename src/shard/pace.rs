@@ -18,10 +18,12 @@
 //! (CPU time of the shard's thread per task run). When the paced half spent at least
 //! [`PAYS_MIN_PERCENT`] less, the shard stays paced for [`PACED_SPELL`] and tries again;
 //! otherwise it runs unpaced for [`UNPAID_BACKOFF`]. Measured with two shards beside
-//! smtp-source and smtp-sink: with 10 recipients per message pacing saves 20-25% of the CPU
-//! per message; with one, whose rounds the inline fdatasync already batches, paced spells
-//! cost 10-20% more CPU per message, and probes there still asked for pacing now and then
-//! (their rounds ran 2-35 tasks per scheduler pass, those at 10 recipients 3-12).
+//! smtp-source and smtp-sink (README, "What the performance pass changed"): with 10
+//! recipients per message, pacing whenever the probe asked saved 18-24% of the CPU per
+//! message (11-14% with the trials, which spend some time unpaced); with one, whose rounds
+//! the inline fdatasync already batches, it cost up to 25% more in 2 pairs of runs of 3,
+//! and probes there still asked for pacing now and then (2-31 task runs per scheduler pass
+//! in their rounds, against 3-12 at 10 recipients).
 
 use std::cell::Cell;
 use std::fs::File;
