@@ -194,7 +194,7 @@ pub fn suggest(m: &Machine, cpus: &[usize]) -> String {
     let t = crate::config::Tuning::default();
     let _ = writeln!(
         s,
-        "# Loop pacing, only while tasks wait for a CPU and a shard runs small rounds.\nloop_period = \"{}us\"\nloop_pace_cpu_pressure = {}",
+        "# Loop pacing: only while tasks wait for a CPU, a shard runs small rounds and a trial\n# shows it saves CPU.\nloop_period = \"{}us\"\nloop_pace_cpu_pressure = {}",
         t.loop_period.as_micros(),
         t.loop_pace_cpu_pressure
     );
