@@ -62,9 +62,9 @@ for round in $(seq "$ROUNDS"); do
     stop_sink
     curl -s http://127.0.0.1:2639/metrics >"$TMP/metrics"
     p50=$(grep -E '^ringpost_(fsync|store)_seconds\{quantile="0\.5"' "$TMP/metrics" | awk '{printf "%s %.0f us  ", $1, $2*1e6}' | sed 's/ringpost_//g; s/_seconds{quantile="0.5"}/ p50/g')
-    p50="$p50$(awk '/^ringpost_outbound_transactions_total/ {t += $2} /^ringpost_outbound_chained_total/ {c += $2}
-      /^ringpost_commit_batch_records\{quantile="0\.5"/ {b = $2}
-      END {if (t) printf "chained %.0f%%  commit p50 %s records", 100*c/t, b}' "$TMP/metrics")"
+    p50="$p50$(awk -v n="$N" '/^ringpost_outbound_transactions_total/ {t += $2} /^ringpost_outbound_chained_total/ {c += $2}
+      /^ringpost_commit_batch_records\{quantile="0\.5"/ {b = $2} /^ringpost_log_commits_total/ {f += $2}
+      END {if (t) printf "chained %.0f%%  commit p50 %s records  %.3f fsyncs/msg", 100*c/t, b, f/n}' "$TMP/metrics")"
     kill $RP; wait $RP 2>/dev/null
     awk -v n="$N" -v hz="$(getconf CLK_TCK)" -v b="$bin" -v t="$t0 $t1 $t2" -v c="$u0 $u1 $s0 $s1" -v m="$p50" -v sk="$k0 $k1 $j0 $j1" 'BEGIN {
       split(t, x, " "); split(c, k, " "); split(sk, q, " ");

@@ -188,6 +188,52 @@ fn a_paced_loop_delivers_everything_and_counts_its_pauses() {
     assert_eq!(s["corrupted"], 0, "{s}");
 }
 
+/// With `outcome_delay`, delivery outcomes ride with the next message's commit: one lock-step
+/// connection makes one commit per message, and the outcomes add none but the last one's.
+#[test]
+fn outcomes_ride_with_the_next_messages_commit() {
+    let admin = free_port();
+    let config = format!(
+        "[server]\nhostname = \"relay.test\"\n[policy]\nrelay_domains = [\"sink.test\"]\n[queue]\noutcome_delay = \"300ms\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"t0ken\"\n[tuning]\nshards = 1\n"
+    );
+    let r = Relay::start("", &config, "", &[]);
+    const MESSAGES: u64 = 40;
+    let report = r.send(&[
+        "--messages",
+        &MESSAGES.to_string(),
+        "--connections",
+        "1",
+        "--pipelining",
+        "off",
+        "--domain",
+        "sink.test",
+        "--seed",
+        "9",
+    ]);
+    assert_eq!(report["messages_accepted"], MESSAGES, "{report}");
+    r.wait_sink("delivered_messages", MESSAGES);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (code, text) = http(
+            admin,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\n\r\n",
+        );
+        assert_eq!(code, 200);
+        // Every message and every outcome on disk: the queue is empty.
+        if metric(&text, "ringpost_log_records_total") == 2 * MESSAGES {
+            assert_eq!(metric(&text, "ringpost_queue_messages"), 0, "{text}");
+            let commits = metric(&text, "ringpost_log_commits_total");
+            assert!(commits <= MESSAGES + 2, "{commits} commits\n{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let s = r.sink_stats();
+    assert_eq!(s["duplicated"], 0, "{s}");
+    assert_eq!(s["corrupted"], 0, "{s}");
+}
+
 fn queue_cmd(r: &Relay, args: &[&str]) -> String {
     let out = Command::new(binary())
         .arg("queue")

@@ -29,6 +29,8 @@ pub struct LogSettings {
     pub commit_bytes_max: usize,
     pub sync: SyncMode,
     pub zero_ahead_bytes: u64,
+    /// How long outcome records alone wait for a message record to share a sync with.
+    pub outcome_delay: Duration,
 }
 
 /// Zeros written ahead of the records come from here, this many octets per write call.
@@ -251,6 +253,7 @@ impl Log {
                 self.kick.wait().await;
                 continue;
             }
+            self.wait_for_a_message().await;
             if !self.settings.commit_window.is_zero() && !self.closing.get() {
                 glommio::timer::sleep(self.settings.commit_window).await;
             }
@@ -260,6 +263,32 @@ impl Log {
             drop(active.file);
         }
         self.closed.set(());
+    }
+
+    /// When only outcomes are staged, waits (up to `outcome_delay`) for a message record
+    /// to commit them with. A sender waits for its message's sync; nobody waits for an
+    /// outcome's: delivery has happened, and the record only keeps the message from being
+    /// sent again after a crash. Under load a message comes within a sync or two and the
+    /// outcomes cost no fdatasync of their own; when the relay only delivers, they are
+    /// synced every `outcome_delay`. This is the window in which a crash repeats a
+    /// delivery (Postfix's is the file system's: its unlink of a delivered queue file is
+    /// not synced).
+    async fn wait_for_a_message(&self) {
+        let delay = self.settings.outcome_delay;
+        if delay.is_zero() {
+            return;
+        }
+        let deadline = std::time::Instant::now() + delay;
+        loop {
+            if self.closing.get() || !self.st.borrow().new_messages.is_empty() {
+                return;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            futures_lite::future::or(self.kick.wait(), glommio::timer::sleep(left)).await;
+        }
     }
 
     /// Stops accepting more work after what is staged, and waits until it is on disk.
@@ -582,6 +611,7 @@ mod tests {
                     commit_bytes_max: 64 * 1024,
                     sync: SyncMode::Ring,
                     zero_ahead_bytes: 256 * 1024,
+                    outcome_delay: Duration::ZERO,
                 };
                 let (log, report) = Log::open(0, std::slice::from_ref(&d), settings).expect("open");
                 assert_eq!(report.live_messages, 0);
@@ -663,6 +693,83 @@ mod tests {
             "no zeros ahead of the records"
         );
         assert!(image[scan.end as usize..].iter().all(|&b| b == 0));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// Outcomes alone wait for a message to share its sync (or for `outcome_delay`); a
+    /// message staged meanwhile takes them along in one commit; close flushes what waits.
+    #[test]
+    fn outcomes_ride_with_the_next_message() {
+        let dir = std::env::temp_dir().join(format!("ringpost-log-delay-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let d = dir.join("shard-0");
+        LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let delay = Duration::from_millis(300);
+                let settings = LogSettings {
+                    segment_bytes: 1024 * 1024,
+                    commit_window: Duration::ZERO,
+                    commit_bytes_max: 64 * 1024,
+                    sync: SyncMode::Inline,
+                    zero_ahead_bytes: 0,
+                    outcome_delay: delay,
+                };
+                let (log, _) = Log::open(0, std::slice::from_ref(&d), settings).expect("open");
+                let log = Rc::new(log);
+                let committer = glommio::spawn_local(Rc::clone(&log).run_committer());
+                let env = Rc::new(envelope(1));
+                let message = |id| NewMessage {
+                    id,
+                    arrival_micros: 1,
+                    client: "127.0.0.1",
+                    helo: "h",
+                    envelope: Rc::clone(&env),
+                    received: b"Received: x\r\n",
+                    content: b"Subject: t\r\n\r\nbody\r\n",
+                };
+                let first = log.next_id();
+                assert_eq!(log.append_message(&message(first)).wait().await, Ok(()));
+                assert_eq!(log.stats().commits, 1);
+                let outcome = |id, kind| Outcome {
+                    id,
+                    rcpt: 0,
+                    kind,
+                    at_micros: 2,
+                    reply: "250 ok".into(),
+                };
+                // An outcome alone waits; a message staged meanwhile carries it.
+                let waiting = log.append_outcome(outcome(first, OutcomeKind::Delivered));
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+                assert_eq!(
+                    log.stats().commits,
+                    1,
+                    "an outcome alone was synced at once"
+                );
+                let second = log.next_id();
+                let carrier = log.append_message(&message(second));
+                assert_eq!(carrier.wait().await, Ok(()));
+                assert_eq!(waiting.get(), Some(Ok(())));
+                assert_eq!(log.stats().commits, 2);
+                assert_eq!(log.stats().records, 3);
+                assert_eq!(log.with_index(|ix| ix.len()), 1);
+                // With no message to ride with, it is synced after the delay.
+                let started = std::time::Instant::now();
+                let alone = log.append_outcome(outcome(second, OutcomeKind::Deferred));
+                assert_eq!(alone.wait().await, Ok(()));
+                assert!(started.elapsed() >= delay);
+                assert_eq!(log.stats().commits, 3);
+                // Closing does not wait out the delay.
+                let started = std::time::Instant::now();
+                let last = log.append_outcome(outcome(second, OutcomeKind::Delivered));
+                log.close().await;
+                committer.await;
+                assert!(started.elapsed() < delay);
+                assert_eq!(last.get(), Some(Ok(())));
+                assert_eq!(log.with_index(|ix| ix.len()), 0);
+            })
+            .expect("executor")
+            .join()
+            .expect("join");
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

@@ -273,6 +273,7 @@ async fn shard_main(place: Place, inputs: Inputs) -> Option<Finished> {
         commit_bytes_max: config.queue.commit_bytes_max,
         sync: config.queue.sync,
         zero_ahead_bytes: config.queue.zero_ahead_bytes,
+        outcome_delay: config.queue.outcome_delay,
     };
     let (log, report) = match Log::open(k, &dirs, settings) {
         Ok(x) => x,
