@@ -429,8 +429,8 @@ impl QueueManager {
                             .borrow_mut()
                             .saturating_record((age.as_micros() as u64).max(1));
                         log::info!(
-                            "{id}: to=<{address}>, relay={relay}, delay={:.3}s, status=sent ({reply})",
-                            age.as_secs_f64()
+                            "{id}: to=<{address}>, relay={relay}, delay={}s, status=sent ({reply})",
+                            crate::time::Millis3(age)
                         );
                     }
                     outcomes.push(Outcome {

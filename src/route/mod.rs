@@ -102,7 +102,9 @@ pub enum RouteError {
     Temporary(String),
 }
 
-type Routes = HashMap<String, (String, u16, Protocol, OutboundTls)>;
+/// Domain -> its static route's site, built once per config (every message to the
+/// domain shares it).
+type Routes = HashMap<String, Arc<Site>>;
 
 fn routes_of(c: &Config) -> Routes {
     c.route
@@ -115,7 +117,10 @@ fn routes_of(c: &Config) -> Routes {
             };
             let (host, port) = config::split_host_port(target)?;
             let tls = r.tls.unwrap_or(c.delivery.tls);
-            Some((r.domain.to_ascii_lowercase(), (host, port, protocol, tls)))
+            Some((
+                r.domain.to_ascii_lowercase(),
+                Arc::new(Site::new(vec![host], port, protocol, tls)),
+            ))
         })
         .collect()
 }
@@ -162,9 +167,8 @@ impl Router {
     /// The site for a recipient domain.
     pub async fn route(&self, domain: &str) -> Result<Arc<Site>, RouteError> {
         let domain = domain.to_ascii_lowercase();
-        let routed = self.routes.borrow().get(&domain).cloned();
-        if let Some((host, port, protocol, tls)) = routed {
-            return Ok(Arc::new(Site::new(vec![host], port, protocol, tls)));
+        if let Some(site) = self.routes.borrow().get(&domain) {
+            return Ok(Arc::clone(site));
         }
         let tls = self.tls_policy(&domain);
         if domain.starts_with('[') {

@@ -329,22 +329,18 @@ impl<'c> Session<'c> {
             (false, true) => "ESMTP",
             (false, false) => "SMTP",
         };
-        let proto = format!(
-            "{base}{}{}",
-            if self.tls.is_some() { "S" } else { "" },
-            if self.authenticated.is_some() {
-                "A"
-            } else {
-                ""
-            }
-        );
+        let tls = if self.tls.is_some() { "S" } else { "" };
+        let auth = if self.authenticated.is_some() {
+            "A"
+        } else {
+            ""
+        };
         let _ = write!(
             out,
-            "Received: from {} ([{}])\r\n\tby {} (ringpost) with {} id {}",
+            "Received: from {} ([{}])\r\n\tby {} (ringpost) with {base}{tls}{auth} id {}",
             self.helo(),
             self.peer,
             self.cfg.hostname,
-            proto,
             id
         );
         if let Some(t) = self.tls.as_deref().filter(|t| !t.is_empty()) {
@@ -353,7 +349,9 @@ impl<'c> Session<'c> {
         if let [only] = self.envelope.recipients.as_slice() {
             let _ = write!(out, "\r\n\tfor <{}>", only.address);
         }
-        let _ = write!(out, "; {}\r\n", crate::time::rfc5322(unix_secs));
+        out.extend_from_slice(b"; ");
+        crate::time::push_rfc5322(out, unix_secs);
+        out.extend_from_slice(b"\r\n");
     }
 
     /// Consumes input; see the module doc. Returns the octets consumed and why it stopped.
