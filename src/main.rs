@@ -237,7 +237,7 @@ fn main() -> ExitCode {
                     Err(e) => return config_error(&e),
                 },
             };
-            let cpus = allowed_cpus();
+            let cpus = ringpost::shard::allowed_cpus();
             match ringpost::tune::measure_fsync(&dir) {
                 Ok((p50, p99)) => {
                     let m = ringpost::tune::Machine {
@@ -343,7 +343,7 @@ fn serve(path: Option<&Path>) -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
-    let cpus = match config.shard_cpus(&allowed_cpus()) {
+    let cpus = match config.shard_cpus(&ringpost::shard::allowed_cpus()) {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
@@ -404,8 +404,14 @@ fn serve(path: Option<&Path>) -> ExitCode {
         |startups| {
             for s in startups {
                 if let Startup::Ready { shard, cpu, report } = s {
+                    let place = match config.tuning.placement {
+                        ringpost::config::ShardPlacement::Pinned => format!("on cpu {cpu}"),
+                        ringpost::config::ShardPlacement::Floating => {
+                            format!("floating over cpus {cpus:?}")
+                        }
+                    };
                     eprintln!(
-                    "ringpost: shard {shard} on cpu {cpu}: recovered {} live messages from {} segments ({} bytes, {} message and {} outcome records) in {:.3}s ({:.0} records/s), deleted {} finished segments",
+                    "ringpost: shard {shard} {place}: recovered {} live messages from {} segments ({} bytes, {} message and {} outcome records) in {:.3}s ({:.0} records/s), deleted {} finished segments",
                     report.live_messages, report.segments, report.bytes, report.message_records, report.outcome_records,
                     report.elapsed.as_secs_f64(),
                     (report.message_records + report.outcome_records) as f64 / report.elapsed.as_secs_f64().max(1e-6),
@@ -493,23 +499,6 @@ fn raise_fd_limit() {
             let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
-}
-
-/// The CPUs this process may run on (its affinity mask), in order.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
-            let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
-                .filter(|&c| libc::CPU_ISSET(c, &set))
-                .collect();
-            if !cpus.is_empty() {
-                return cpus;
-            }
-        }
-    }
-    (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
 }
 
 /// POST to the running server's admin endpoint.

@@ -203,6 +203,11 @@ pub fn suggest(m: &Machine, cpus: &[usize]) -> String {
         t.loop_period.as_micros(),
         t.loop_pace_cpu_pressure
     );
+    let _ = writeln!(
+        s,
+        "# Shards pinned one per CPU: the relay has these cores to itself. \"floating\" where other\n# busy programs share them.\nplacement = \"{}\"",
+        t.placement.name()
+    );
     s
 }
 

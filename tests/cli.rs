@@ -172,3 +172,62 @@ fn queue_sync_auto_measures_the_disk_at_start() {
     ));
     assert!(!fixed.stderr().contains("queue sync"), "{}", fixed.stderr());
 }
+
+/// The CPUs each shard thread may run on, from /proc (comm "shard-K-...").
+fn shard_cpu_lists(pid: u32) -> Vec<String> {
+    let mut lists = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let path = task.expect("task").path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if !comm.starts_with("shard-") {
+            continue;
+        }
+        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+        if let Some(l) = status.lines().find(|l| l.starts_with("Cpus_allowed_list:")) {
+            lists.push(l["Cpus_allowed_list:".len()..].trim().to_string());
+        }
+    }
+    lists
+}
+
+/// `[tuning] placement`: shards pinned one CPU each by default, or floating over the
+/// shards' CPUs; the start-up lines say which.
+#[test]
+fn shards_are_pinned_or_floating() {
+    let pinned = Server::start("[tuning]\nshards = 2\ncpus = [0, 0]\n");
+    let pid = pinned.child.as_ref().expect("running").id();
+    let lists = shard_cpu_lists(pid);
+    assert!(!lists.is_empty(), "no shard threads");
+    assert!(lists.iter().all(|l| l == "0"), "{lists:?}");
+    assert!(
+        pinned.stderr().contains("shard 1 on cpu 0"),
+        "{}",
+        pinned.stderr()
+    );
+    let allowed = ringpost::shard::allowed_cpus();
+    if allowed.len() < 2 {
+        eprintln!("one CPU: floating over two cannot be shown here");
+        return;
+    }
+    let (a, b) = (allowed[0], allowed[1]);
+    let floating = Server::start(&format!(
+        "[tuning]\nshards = 2\ncpus = [{a}, {b}]\nplacement = \"floating\"\n"
+    ));
+    let pid = floating.child.as_ref().expect("running").id();
+    let lists = shard_cpu_lists(pid);
+    let both = if b == a + 1 {
+        format!("{a}-{b}")
+    } else {
+        format!("{a},{b}")
+    };
+    // The executor threads float over both; glommio's helper threads share the name.
+    assert!(
+        lists.iter().filter(|l| **l == both).count() >= 2,
+        "{lists:?}"
+    );
+    assert!(
+        floating.stderr().contains("floating over cpus"),
+        "{}",
+        floating.stderr()
+    );
+}

@@ -542,6 +542,27 @@ pub struct Tuning {
     /// Pace only while tasks waited for a CPU at least this percent of the time
     /// (`/proc/pressure/cpu`, "some"); 0: whenever the shard is busy.
     pub loop_pace_cpu_pressure: u32,
+    /// Where a shard's thread runs (src/shard/placement.rs): `pinned` to its CPU, or
+    /// `floating` over the shards' CPUs (machines whose cores other busy programs share).
+    pub placement: ShardPlacement,
+}
+
+/// Where shards run; see [`Tuning::placement`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShardPlacement {
+    Pinned,
+    Floating,
+}
+
+impl ShardPlacement {
+    /// The config word.
+    pub fn name(self) -> &'static str {
+        match self {
+            ShardPlacement::Pinned => "pinned",
+            ShardPlacement::Floating => "floating",
+        }
+    }
 }
 
 /// Longest `[tuning] loop_period`: beyond it sessions wait more than pacing saves.
@@ -559,6 +580,7 @@ impl Default for Tuning {
             mesh_capacity: 0,
             loop_period: Duration::from_micros(250),
             loop_pace_cpu_pressure: 10,
+            placement: ShardPlacement::Pinned,
         }
     }
 }

@@ -5,8 +5,11 @@
 pub mod links;
 pub mod local;
 pub mod pace;
+pub mod placement;
 
-use crate::config::{Config, ListenKind};
+pub use placement::allowed_cpus;
+
+use crate::config::{Config, ListenKind, ShardPlacement};
 use crate::deliver::qmgr::QueueManager;
 use crate::deliver::{Deliverer, DeliveryStats, Mail};
 use crate::net::inbound;
@@ -172,7 +175,12 @@ pub fn run(
         let tx = tx.clone();
         let mesh = mesh.clone();
         let shared = Arc::clone(&shared);
-        let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+        let all_cpus = distinct_cpus(&cpus);
+        let placement = match config.tuning.placement {
+            ShardPlacement::Pinned => Placement::Fixed(cpu),
+            ShardPlacement::Floating => Placement::Unbound,
+        };
+        let builder = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{k}"))
             .ring_depth(config.tuning.ring_depth)
             .io_memory(config.tuning.io_memory_bytes)
@@ -180,7 +188,12 @@ pub fn run(
         let handle = builder
             .spawn(move || async move {
                 shard_main(
-                    Place { k, n, cpu },
+                    Place {
+                        k,
+                        n,
+                        cpu,
+                        all_cpus,
+                    },
                     Inputs {
                         config,
                         shutdown,
@@ -235,10 +248,30 @@ pub fn run(
 }
 
 /// Where a shard sits: its index, the shard count and its CPU.
+/// The shards' CPUs, each once (more shards than CPUs share them).
+fn distinct_cpus(cpus: &[usize]) -> Vec<usize> {
+    let mut all = cpus.to_vec();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
+/// `[tuning] placement = "floating"`: glommio left the shard's thread (and its io_uring
+/// workers) unbound; it runs on the shards' CPUs, as a pinned one runs on its own.
+fn place_shard(config: &Config, all_cpus: &[usize]) {
+    if config.tuning.placement == ShardPlacement::Floating {
+        if let Err(e) = placement::bind(all_cpus) {
+            log::warn!("a floating shard cannot be bound to {all_cpus:?}: {e}");
+        }
+    }
+}
+
 struct Place {
     k: usize,
     n: usize,
     cpu: usize,
+    /// Every shard's CPU, each once: where a floating shard may run.
+    all_cpus: Vec<usize>,
 }
 
 /// What a shard gets from the main thread.
@@ -251,7 +284,12 @@ struct Inputs {
 }
 
 async fn shard_main(place: Place, inputs: Inputs) -> Option<Finished> {
-    let Place { k, n, cpu } = place;
+    let Place {
+        k,
+        n,
+        cpu,
+        all_cpus,
+    } = place;
     let Inputs {
         config,
         shutdown,
@@ -371,6 +409,7 @@ async fn shard_main(place: Place, inputs: Inputs) -> Option<Finished> {
         store_us: RefCell::new(crate::queue::log::sync_histogram()),
         pace: Rc::default(),
     });
+    place_shard(&config, &all_cpus);
     if !config.tuning.loop_period.is_zero() {
         glommio::spawn_local(pace::run(
             config.tuning.loop_period,
