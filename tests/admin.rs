@@ -29,6 +29,44 @@ fn metric(text: &str, name: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// Polls `/metrics` (token "t0ken") until `done` holds for its text, which it returns.
+fn metrics_once(admin: u16, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (code, text) = http(
+            admin,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\n\r\n",
+        );
+        assert_eq!(code, 200);
+        if done(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// loadgen send's arguments for `n` messages over `connections` lock-step connections
+/// (no pipelining) to sink.test.
+fn lock_step(n: &str, connections: &str, rcpts: &str, seed: &str) -> Vec<String> {
+    [
+        "--messages",
+        n,
+        "--connections",
+        connections,
+        "--rcpts-per-message",
+        rcpts,
+        "--pipelining",
+        "off",
+        "--domain",
+        "sink.test",
+        "--seed",
+        seed,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 #[test]
 fn metrics_summary_and_flush() {
     let admin = free_port();
@@ -142,46 +180,19 @@ fn a_paced_loop_delivers_everything_and_counts_its_pauses() {
     );
     let r = Relay::start("", &config, "", &[]);
     // Four lock-step connections (no pipelining): small, frequent rounds of the loop.
-    let report = r.send(&[
-        "--messages",
-        "600",
-        "--connections",
-        "4",
-        "--rcpts-per-message",
-        "3",
-        "--pipelining",
-        "off",
-        "--domain",
-        "sink.test",
-        "--seed",
-        "5",
-    ]);
+    let args = lock_step("600", "4", "3", "5");
+    let report = r.send(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(report["messages_accepted"], 600, "{report}");
     r.wait_sink("delivered_messages", 600);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (code, text) = http(
-            admin,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\n\r\n",
-        );
-        assert_eq!(code, 200);
-        if metric(&text, "ringpost_delivered_recipients_total") == 1800 {
-            assert!(
-                metric(&text, "ringpost_loop_pace_trials_total") >= 1,
-                "{text}"
-            );
-            assert!(
-                metric(&text, "ringpost_loop_paused_rounds_total") >= 1,
-                "{text}"
-            );
-            assert!(
-                metric(&text, "ringpost_loop_paused_microseconds_total") >= 1,
-                "{text}"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "{text}");
-        std::thread::sleep(Duration::from_millis(100));
+    let text = metrics_once(admin, |t| {
+        metric(t, "ringpost_delivered_recipients_total") == 1800
+    });
+    for name in [
+        "ringpost_loop_pace_trials_total",
+        "ringpost_loop_paused_rounds_total",
+        "ringpost_loop_paused_microseconds_total",
+    ] {
+        assert!(metric(&text, name) >= 1, "{name}\n{text}");
     }
     let s = r.sink_stats();
     assert_eq!(s["duplicated"], 0, "{s}");
@@ -198,37 +209,17 @@ fn outcomes_ride_with_the_next_messages_commit() {
     );
     let r = Relay::start("", &config, "", &[]);
     const MESSAGES: u64 = 40;
-    let report = r.send(&[
-        "--messages",
-        &MESSAGES.to_string(),
-        "--connections",
-        "1",
-        "--pipelining",
-        "off",
-        "--domain",
-        "sink.test",
-        "--seed",
-        "9",
-    ]);
+    let args = lock_step(&MESSAGES.to_string(), "1", "1", "9");
+    let report = r.send(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(report["messages_accepted"], MESSAGES, "{report}");
     r.wait_sink("delivered_messages", MESSAGES);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (code, text) = http(
-            admin,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\n\r\n",
-        );
-        assert_eq!(code, 200);
-        // Every message and every outcome on disk: the queue is empty.
-        if metric(&text, "ringpost_log_records_total") == 2 * MESSAGES {
-            assert_eq!(metric(&text, "ringpost_queue_messages"), 0, "{text}");
-            let commits = metric(&text, "ringpost_log_commits_total");
-            assert!(commits <= MESSAGES + 2, "{commits} commits\n{text}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "{text}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Every message and every outcome on disk: the queue is empty.
+    let text = metrics_once(admin, |t| {
+        metric(t, "ringpost_log_records_total") == 2 * MESSAGES
+    });
+    assert_eq!(metric(&text, "ringpost_queue_messages"), 0, "{text}");
+    let commits = metric(&text, "ringpost_log_commits_total");
+    assert!(commits <= MESSAGES + 2, "{commits} commits\n{text}");
     let s = r.sink_stats();
     assert_eq!(s["duplicated"], 0, "{s}");
     assert_eq!(s["corrupted"], 0, "{s}");
