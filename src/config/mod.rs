@@ -65,22 +65,13 @@ pub struct Server {
     /// Where mail to `<Postmaster>` (no domain) is routed.
     pub postmaster: String,
     /// Idle time allowed between commands before `421 4.4.2` and close.
-    #[serde(
-        deserialize_with = "duration::deserialize",
-        serialize_with = "duration::serialize"
-    )]
+    #[serde(with = "duration")]
     pub command_timeout: Duration,
     /// Idle time allowed between reads of message content.
-    #[serde(
-        deserialize_with = "duration::deserialize",
-        serialize_with = "duration::serialize"
-    )]
+    #[serde(with = "duration")]
     pub data_timeout: Duration,
     /// On SIGTERM/SIGINT: how long open sessions may go on before they get `421` and close.
-    #[serde(
-        deserialize_with = "duration::deserialize",
-        serialize_with = "duration::serialize"
-    )]
+    #[serde(with = "duration")]
     pub shutdown_grace: Duration,
     /// Open sessions per shard; one more gets `421 4.7.0` at the greeting.
     pub max_connections: u32,
@@ -92,10 +83,7 @@ pub struct Server {
     pub min_data_rate: u32,
     /// Wait this long before the greeting; a client that talks first gets `554 5.5.1`
     /// (sendmail's greet_pause, postscreen's pregreet test). 0: greet at once.
-    #[serde(
-        deserialize_with = "duration::deserialize",
-        serialize_with = "duration::serialize"
-    )]
+    #[serde(with = "duration")]
     pub greet_pause: Duration,
     /// Errors (syntax, sequence, policy) one session may make before `421` and close.
     pub max_errors: u32,
@@ -236,10 +224,7 @@ pub struct Queue {
     pub segment_bytes: u64,
     /// How long the committer waits for more appends before writing a batch. Zero means
     /// natural group commit: whatever arrived while the previous sync ran goes together.
-    #[serde(
-        deserialize_with = "duration::deserialize",
-        serialize_with = "duration::serialize"
-    )]
+    #[serde(with = "duration")]
     pub commit_window: Duration,
     /// Largest batch written with one write and one fdatasync.
     pub commit_bytes_max: usize,
@@ -264,10 +249,7 @@ pub struct Queue {
     /// crash, so this is the window in which a crash repeats a delivery. Under load
     /// outcomes then ride with the next message's commit and cost no sync: for a disk with
     /// an IOPS budget. 0 (the default) syncs each batch of outcomes at once.
-    #[serde(
-        deserialize_with = "duration::deserialize",
-        serialize_with = "duration::serialize"
-    )]
+    #[serde(with = "duration")]
     pub outcome_delay: Duration,
 }
 
@@ -344,20 +326,11 @@ pub struct Delivery {
     /// DNS servers for MX lookups; empty means those of /etc/resolv.conf.
     pub dns: Vec<SocketAddr>,
     pub port: u16,
-    #[serde(
-        deserialize_with = "duration::deserialize",
-        serialize_with = "duration::serialize"
-    )]
+    #[serde(with = "duration")]
     pub retry_initial: Duration,
-    #[serde(
-        deserialize_with = "duration::deserialize",
-        serialize_with = "duration::serialize"
-    )]
+    #[serde(with = "duration")]
     pub retry_max: Duration,
-    #[serde(
-        deserialize_with = "duration::deserialize",
-        serialize_with = "duration::serialize"
-    )]
+    #[serde(with = "duration")]
     pub max_age: Duration,
     /// Connections per site, opened only while mail waits. 32, KumoMTA's default: a
     /// relay's outbound side keeps up with 50 busy inbound sessions (with 16 mail queues
@@ -377,50 +350,29 @@ pub struct Delivery {
     pub max_messages_per_connection: u32,
     pub max_recipients_per_transaction: u32,
     /// An idle outbound connection is closed (QUIT) after this long without work.
-    #[serde(
-        deserialize_with = "duration::deserialize",
-        serialize_with = "duration::serialize"
-    )]
+    #[serde(with = "duration")]
     pub idle_timeout: Duration,
-    #[serde(
-        deserialize_with = "duration::deserialize",
-        serialize_with = "duration::serialize"
-    )]
+    #[serde(with = "duration")]
     pub connect_timeout: Duration,
     /// Waiting for any reply but the one after the content.
-    #[serde(
-        deserialize_with = "duration::deserialize",
-        serialize_with = "duration::serialize"
-    )]
+    #[serde(with = "duration")]
     pub command_timeout: Duration,
     /// Waiting for the reply after the content (the remote may be scanning it).
-    #[serde(
-        deserialize_with = "duration::deserialize",
-        serialize_with = "duration::serialize"
-    )]
+    #[serde(with = "duration")]
     pub data_timeout: Duration,
     /// One DNS query's wait for an answer; each server is tried `dns_attempts` times.
-    #[serde(
-        deserialize_with = "duration::deserialize",
-        serialize_with = "duration::serialize"
-    )]
+    #[serde(with = "duration")]
     pub dns_timeout: Duration,
     pub dns_attempts: u32,
     /// How long "no such domain" and "no such record" answers are cached.
-    #[serde(
-        deserialize_with = "duration::deserialize",
-        serialize_with = "duration::serialize"
-    )]
+    #[serde(with = "duration")]
     pub negative_ttl: Duration,
     /// Outbound STARTTLS: "opportunistic" (default), "required" or "none".
     pub tls: OutboundTls,
     /// Extra CA certificates (PEM) trusted for `tls = "required"`, besides the system's.
     pub tls_ca_file: Option<PathBuf>,
     /// Send a "delayed" DSN once a message has waited this long; "0s" = never.
-    #[serde(
-        deserialize_with = "duration::deserialize",
-        serialize_with = "duration::serialize"
-    )]
+    #[serde(with = "duration")]
     pub delay_warning: Duration,
 }
 
@@ -491,11 +443,7 @@ pub struct Auth {
     /// Failed AUTH attempts one client IP may make within `failure_window` (per shard).
     #[serde(default = "default_auth_failures_max")]
     pub failures_max: u32,
-    #[serde(
-        default = "default_auth_failure_window",
-        deserialize_with = "duration::deserialize",
-        serialize_with = "duration::serialize"
-    )]
+    #[serde(default = "default_auth_failure_window", with = "duration")]
     pub failure_window: Duration,
 }
 
@@ -523,10 +471,7 @@ pub struct Tuning {
     /// Per-session read buffer.
     pub read_buffer_bytes: usize,
     /// How long a task may run before the executor checks for other work.
-    #[serde(
-        deserialize_with = "duration::deserialize",
-        serialize_with = "duration::serialize"
-    )]
+    #[serde(with = "duration")]
     pub preempt_timer: Duration,
     /// Slots in each cross-shard channel (jobs and outcomes with `site_pools = "owner"`,
     /// ETRN and operator commands always). Every ordered pair of shards has one, each slot
@@ -534,10 +479,7 @@ pub struct Tuning {
     pub mesh_capacity: usize,
     /// Shortest round of a shard's event loop while the shard is busy and tasks wait for
     /// a CPU: a round that ends sooner sleeps the rest (src/shard/pace.rs). 0: never.
-    #[serde(
-        deserialize_with = "duration::deserialize",
-        serialize_with = "duration::serialize"
-    )]
+    #[serde(with = "duration")]
     pub loop_period: Duration,
     /// Pace only while tasks waited for a CPU at least this percent of the time
     /// (`/proc/pressure/cpu`, "some"); 0: whenever the shard is busy.
