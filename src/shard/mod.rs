@@ -9,7 +9,7 @@ pub mod placement;
 
 pub use placement::allowed_cpus;
 
-use crate::config::{Config, ListenKind, ShardPlacement};
+use crate::config::{Config, ListenKind};
 use crate::deliver::qmgr::QueueManager;
 use crate::deliver::{Deliverer, DeliveryStats, Mail};
 use crate::net::inbound;
@@ -22,7 +22,7 @@ use crate::smtp::session::ListenerMode;
 use crate::smtp::session::SessionConfig;
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::TcpListener;
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::LocalExecutorBuilder;
 use local::{Latch, Signal};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -168,6 +168,8 @@ pub fn run(
     let capacity = mesh_capacity(config.tuning.mesh_capacity, n);
     let mesh: MeshBuilder<Mail, Full> = MeshBuilder::full(n, capacity);
     let (tx, rx) = mpsc::channel();
+    let placement_of = placement::of(config.tuning.placement, &cpus)
+        .map_err(|e| format!("[tuning] placement = \"floating\": {e}"))?;
     let mut handles = Vec::with_capacity(n);
     for (k, &cpu) in cpus.iter().enumerate() {
         let config = Arc::clone(&config);
@@ -175,12 +177,7 @@ pub fn run(
         let tx = tx.clone();
         let mesh = mesh.clone();
         let shared = Arc::clone(&shared);
-        let all_cpus = distinct_cpus(&cpus);
-        let placement = match config.tuning.placement {
-            ShardPlacement::Pinned => Placement::Fixed(cpu),
-            ShardPlacement::Floating => Placement::Unbound,
-        };
-        let builder = LocalExecutorBuilder::new(placement)
+        let builder = LocalExecutorBuilder::new(placement_of(cpu))
             .name(&format!("shard-{k}"))
             .ring_depth(config.tuning.ring_depth)
             .io_memory(config.tuning.io_memory_bytes)
@@ -188,12 +185,7 @@ pub fn run(
         let handle = builder
             .spawn(move || async move {
                 shard_main(
-                    Place {
-                        k,
-                        n,
-                        cpu,
-                        all_cpus,
-                    },
+                    Place { k, n, cpu },
                     Inputs {
                         config,
                         shutdown,
@@ -248,30 +240,10 @@ pub fn run(
 }
 
 /// Where a shard sits: its index, the shard count and its CPU.
-/// The shards' CPUs, each once (more shards than CPUs share them).
-fn distinct_cpus(cpus: &[usize]) -> Vec<usize> {
-    let mut all = cpus.to_vec();
-    all.sort_unstable();
-    all.dedup();
-    all
-}
-
-/// `[tuning] placement = "floating"`: glommio left the shard's thread (and its io_uring
-/// workers) unbound; it runs on the shards' CPUs, as a pinned one runs on its own.
-fn place_shard(config: &Config, all_cpus: &[usize]) {
-    if config.tuning.placement == ShardPlacement::Floating {
-        if let Err(e) = placement::bind(all_cpus) {
-            log::warn!("a floating shard cannot be bound to {all_cpus:?}: {e}");
-        }
-    }
-}
-
 struct Place {
     k: usize,
     n: usize,
     cpu: usize,
-    /// Every shard's CPU, each once: where a floating shard may run.
-    all_cpus: Vec<usize>,
 }
 
 /// What a shard gets from the main thread.
@@ -284,12 +256,7 @@ struct Inputs {
 }
 
 async fn shard_main(place: Place, inputs: Inputs) -> Option<Finished> {
-    let Place {
-        k,
-        n,
-        cpu,
-        all_cpus,
-    } = place;
+    let Place { k, n, cpu } = place;
     let Inputs {
         config,
         shutdown,
@@ -409,7 +376,6 @@ async fn shard_main(place: Place, inputs: Inputs) -> Option<Finished> {
         store_us: RefCell::new(crate::queue::log::sync_histogram()),
         pace: Rc::default(),
     });
-    place_shard(&config, &all_cpus);
     if !config.tuning.loop_period.is_zero() {
         glommio::spawn_local(pace::run(
             config.tuning.loop_period,

@@ -9,8 +9,11 @@
 //! two shards beside smtp-source and smtp-sink on two cores (README, "What the
 //! performance pass changed"): with 10 recipients per message (a latency-bound load: each
 //! is 13 lock-step round trips, and a fifth of the CPU time was idle) floating relayed up
-//! to 18% more, ahead or alike in 11 pairs of runs of 12, at less CPU per message in every
-//! pair; with one recipient (CPU-bound) it did not gain, and its stores waited longer.
+//! to 18% more, ahead in 10 pairs of runs of 12 and within 1% in the other two, at less
+//! CPU per message in every pair; with one recipient (CPU-bound) it did not gain, and its stores waited longer.
+
+use crate::config::ShardPlacement;
+use glommio::{CpuSet, Placement};
 
 /// The CPUs this process may run on (its affinity mask), in order.
 pub fn allowed_cpus() -> Vec<usize> {
@@ -29,44 +32,67 @@ pub fn allowed_cpus() -> Vec<usize> {
     (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
 }
 
-/// Binds the calling thread to `cpus`.
-pub fn bind(cpus: &[usize]) -> std::io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; zeroed is the empty set, CPU_SET writes within it
-    // (indices past CPU_SETSIZE are skipped), and sched_setaffinity reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &c in cpus {
-            if c < libc::CPU_SETSIZE as usize {
-                libc::CPU_SET(c, &mut set);
-            }
-        }
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
+/// The glommio placement for each shard's executor: pinned to its own CPU, or fenced to
+/// all the shards' CPUs (glommio binds the thread before it creates the ring, so the
+/// ring's io_uring workers float with it). `shard_cpus` may repeat a CPU (more shards than
+/// CPUs share them).
+pub fn of(
+    placement: ShardPlacement,
+    shard_cpus: &[usize],
+) -> std::io::Result<impl Fn(usize) -> Placement> {
+    let fence = match placement {
+        ShardPlacement::Pinned => None,
+        ShardPlacement::Floating => Some(
+            CpuSet::online()
+                .map_err(|e| std::io::Error::other(format!("cannot read the CPU topology: {e}")))?
+                .filter(|l| shard_cpus.contains(&l.cpu)),
+        ),
+    };
+    Ok(move |cpu| match &fence {
+        None => Placement::Fixed(cpu),
+        Some(set) => Placement::Fenced(set.clone()),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The CPUs the calling thread may run on.
+    fn this_threads_cpus() -> libc::cpu_set_t {
+        // SAFETY: reads this thread's mask into a zeroed set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        let r =
+            unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+        assert_eq!(r, 0);
+        set
+    }
+
     #[test]
-    fn binds_this_thread() {
+    fn a_floating_shard_runs_on_the_shards_cpus_a_pinned_one_on_its_own() {
         let allowed = allowed_cpus();
         let first = allowed[0];
-        std::thread::spawn(move || {
-            bind(&[first]).expect("bind");
-            // SAFETY: reads this thread's mask into a zeroed set.
-            let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-            let r = unsafe {
-                libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set)
-            };
-            assert_eq!(r, 0);
-            assert_eq!(unsafe { libc::CPU_COUNT(&set) }, 1);
-            assert!(unsafe { libc::CPU_ISSET(first, &set) });
-        })
-        .join()
-        .expect("thread");
+        let last = *allowed.last().expect("a CPU");
+        let run_on = |placement| {
+            glommio::LocalExecutorBuilder::new(placement)
+                .spawn(|| async { this_threads_cpus() })
+                .expect("executor")
+                .join()
+                .expect("join")
+        };
+        // Floating over one CPU: bound to exactly that one.
+        let fenced = of(ShardPlacement::Floating, &[first, first]).expect("topology");
+        let set = run_on(fenced(first));
+        assert_eq!(unsafe { libc::CPU_COUNT(&set) }, 1);
+        assert!(unsafe { libc::CPU_ISSET(first, &set) });
+        // Floating over two: either of them, from whichever shard's CPU.
+        let fenced = of(ShardPlacement::Floating, &[first, last]).expect("topology");
+        let set = run_on(fenced(last));
+        assert!(unsafe { libc::CPU_ISSET(first, &set) && libc::CPU_ISSET(last, &set) });
+        // Pinned: its own CPU only.
+        let pinned = of(ShardPlacement::Pinned, &[first, last]).expect("no topology needed");
+        let set = run_on(pinned(last));
+        assert_eq!(unsafe { libc::CPU_COUNT(&set) }, 1);
+        assert!(unsafe { libc::CPU_ISSET(last, &set) });
     }
 }
