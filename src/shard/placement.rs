@@ -9,7 +9,7 @@
 //! two shards beside smtp-source and smtp-sink on two cores (README, "What the
 //! performance pass changed"): with 10 recipients per message (a latency-bound load: each
 //! is 13 lock-step round trips, and a fifth of the CPU time was idle) floating relayed up
-//! to 18% more, ahead in 10 pairs of runs of 12 and within 1% in the other two, at less
+//! to 18% more, ahead in 12 pairs of runs of 15 and within 1% in the other three, at less
 //! CPU per message in every pair; with one recipient (CPU-bound) it did not gain, and its stores waited longer.
 
 use crate::config::ShardPlacement;
