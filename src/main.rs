@@ -452,8 +452,8 @@ fn serve(path: Option<&Path>) -> ExitCode {
                 );
                 let d = f.delivery;
                 eprintln!(
-                    "ringpost: shard {}: delivery: {} connections, {} transactions ({} chained); {} delivered, {} deferred, {} failed",
-                    f.shard, d.connections, d.transactions, d.chained, d.delivered, d.deferred, d.failed
+                    "ringpost: shard {}: delivery: {} connections, {} transactions ({} chained, {} chunked); {} delivered, {} deferred, {} failed",
+                    f.shard, d.connections, d.transactions, d.chained, d.chunked, d.delivered, d.deferred, d.failed
                 );
             }
             eprintln!("ringpost: stopped");

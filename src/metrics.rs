@@ -47,6 +47,7 @@ pub struct ShardMetrics {
     pub outbound_connections: u64,
     pub transactions: u64,
     pub chained: u64,
+    pub chunked: u64,
     pub trials: u64,
     pub paid_trials: u64,
     pub paused_rounds: u64,
@@ -210,6 +211,12 @@ pub fn render(shards: &BTreeMap<usize, ShardMetrics>) -> String {
         "outbound_chained",
         "Outbound transactions whose envelope went out behind the previous message's content",
         each(|m| m.chained),
+    );
+    counter(
+        &mut reg,
+        "outbound_chunked",
+        "Outbound transactions whose content went out as one BDAT chunk behind their envelope",
+        each(|m| m.chunked),
     );
     counter(
         &mut reg,

@@ -624,7 +624,14 @@ fn a_message_chained_behind_a_dropped_one_is_delivered_not_deferred() {
         "",
         RELAY_POLICY,
         "max_connections_per_host = 1\nretry_initial = \"1h\"\nretry_max = \"1h\"\n",
-        &["--no-tls", "--slow-latency", "500ms"],
+        // Chaining is DATA's: a next hop with CHUNKING gets each message as one chunk.
+        &[
+            "--no-tls",
+            "--slow-latency",
+            "500ms",
+            "--disable",
+            "chunking",
+        ],
     );
     let mut c = r.server.connect();
     c.greet();
@@ -667,11 +674,12 @@ fn a_message_chained_behind_a_dropped_one_is_delivered_not_deferred() {
 }
 
 /// One shard's delivery summary at shutdown: "delivery: C connections, T transactions
-/// (K chained)".
+/// (K chained, B chunked)".
 struct ShardSummary {
     connections: u64,
     transactions: u64,
     chained: u64,
+    chunked: u64,
 }
 
 fn shard_summaries(stderr: &str) -> Vec<ShardSummary> {
@@ -689,6 +697,7 @@ fn shard_summaries(stderr: &str) -> Vec<ShardSummary> {
                 connections: number("delivery: "),
                 transactions: number(" connections, "),
                 chained: number(" transactions ("),
+                chunked: number(" chained, "),
             }
         })
         .collect()
@@ -709,7 +718,7 @@ fn second_message_behind_a_slow_one(slow: &str) -> Relay {
         "",
         RELAY_POLICY,
         "max_connections_per_host = 4\n",
-        &["--no-tls", "--slow-latency", slow],
+        &["--no-tls", "--slow-latency", slow, "--disable", "chunking"],
     );
     let mut c = r.server.connect();
     c.greet();
@@ -759,4 +768,83 @@ fn mail_left_for_a_stalled_connection_goes_on_another_before_long() {
         "the second message waited for the stalled one"
     );
     r.wait_sink("messages", 2);
+}
+
+#[test]
+fn content_goes_as_one_bdat_chunk_to_a_next_hop_that_offers_chunking() {
+    let r = Relay::start("", RELAY_POLICY, "", &[]);
+    // Dot-stuffed in the queue, unstuffed in the chunk.
+    let body = b"From: s@sender.test\r\nSubject: chunk\r\n\r\n.leading dot\r\n..two\r\nend\r\n";
+    send_one(&r, "s@sender.test", &["rcpt@sink.test"], body);
+    let (env, eml) = r.wait_for("rcpt@sink.test");
+    assert_eq!(env["bdat"], true, "{env}");
+    assert_eq!(without_received(&eml), &body[..]);
+    // BDAT in, with content that does not end its last line: out with the CRLF that DATA
+    // would have given it.
+    let mut c = r.server.connect();
+    c.greet();
+    c.expect_cmd("MAIL FROM:<s@sender.test>", "250");
+    c.expect_cmd("RCPT TO:<open@sink.test>", "250");
+    let content = b"Subject: open\r\n\r\n.dot line\r\nlast";
+    c.send(format!("BDAT {} LAST\r\n", content.len()).as_bytes());
+    c.send(content);
+    c.expect("250 2.0.0");
+    c.expect_cmd("QUIT", "221");
+    let (env, eml) = r.wait_for("open@sink.test");
+    assert_eq!(env["bdat"], true, "{env}");
+    assert_eq!(
+        without_received(&eml),
+        b"Subject: open\r\n\r\n.dot line\r\nlast\r\n"
+    );
+    let mut r = r;
+    assert!(r.server.terminate().success());
+    let chunked: u64 = shard_summaries(&r.server.stderr())
+        .iter()
+        .map(|s| s.chunked)
+        .sum();
+    assert_eq!(chunked, 2, "{}", r.server.stderr());
+}
+
+#[test]
+fn data_when_chunking_is_off_or_not_offered() {
+    let body = b"Subject: data\r\n\r\n.dot\r\nend\r\n";
+    for (delivery, sink) in [
+        ("chunking = false\n", &[][..]),
+        ("", &["--disable", "chunking"][..]),
+    ] {
+        let r = Relay::start("", RELAY_POLICY, delivery, sink);
+        send_one(&r, "s@sender.test", &["rcpt@sink.test"], body);
+        let (env, eml) = r.wait_for("rcpt@sink.test");
+        assert_eq!(env["bdat"], false, "{delivery} {sink:?}: {env}");
+        assert_eq!(without_received(&eml), &body[..]);
+    }
+}
+
+#[test]
+fn a_connection_the_next_hop_closed_while_idle_gets_no_chunk() {
+    // The next hop goes away while its connection sits idle in the pool. The next
+    // message is not sent as a chunk into the dead connection (where a missing reply
+    // would leave it deferred for an hour, maybe delivered): the connection is found
+    // closed first, and the message goes at once on a new one.
+    let mut r = Relay::start(
+        "",
+        RELAY_POLICY,
+        "idle_timeout = \"60s\"\nretry_initial = \"1h\"\nretry_max = \"1h\"\n",
+        &["--no-tls"],
+    );
+    let body = b"Subject: idle\r\n\r\nx\r\n";
+    send_one(&r, "s@sender.test", &["first@sink.test"], body);
+    r.wait_for("first@sink.test");
+    r.restart_sink();
+    send_one(&r, "s@sender.test", &["second@sink.test"], body);
+    let (env, _) = r.wait_for("second@sink.test");
+    assert_eq!(env["bdat"], true, "{env}");
+    assert!(
+        !r.server.stderr().contains("status=deferred"),
+        "{}",
+        r.server.stderr()
+    );
+    assert!(r.server.terminate().success());
+    let (connections, _) = delivery_summary(&r.server.stderr());
+    assert_eq!(connections, 2, "{}", r.server.stderr());
 }

@@ -65,6 +65,8 @@ pub struct SinkStats {
     pub transactions: u64,
     /// Messages whose content was accepted (a 2xx after DATA/BDAT LAST).
     pub messages: u64,
+    /// Of those, the ones whose content came in BDAT chunks.
+    pub bdat_messages: u64,
     /// Recipients of accepted messages.
     pub recipients: u64,
     pub bytes: u64,
@@ -97,6 +99,7 @@ struct Counters {
     tls_sessions: AtomicU64,
     transactions: AtomicU64,
     messages: AtomicU64,
+    bdat_messages: AtomicU64,
     recipients: AtomicU64,
     bytes: AtomicU64,
     corrupted: AtomicU64,
@@ -160,6 +163,7 @@ impl Sink {
             tls_sessions: g(&c.tls_sessions),
             transactions: g(&c.transactions),
             messages: g(&c.messages),
+            bdat_messages: g(&c.bdat_messages),
             recipients: g(&c.recipients),
             bytes: g(&c.bytes),
             delivered_messages: seen.ids.len() as u64,
@@ -615,7 +619,7 @@ impl SinkSession<'_> {
                     self.reply("552 5.3.4 Message too big");
                     return Ok(Next::Continue);
                 }
-                return self.content_done();
+                return self.content_done(false);
             }
             if !self.conn.fill().await? {
                 return Ok(Next::Close);
@@ -650,13 +654,14 @@ impl SinkSession<'_> {
             self.reply("250 2.0.0 Ok: chunk");
             return Ok(Next::Continue);
         }
-        let r = self.content_done();
+        let r = self.content_done(true);
         self.body.clear();
         r
     }
 
-    /// The content of the transaction is complete: decide, verify, count, record.
-    fn content_done(&mut self) -> io::Result<Next> {
+    /// The content of the transaction is complete (`bdat`: it came in BDAT chunks):
+    /// decide, verify, count, record.
+    fn content_done(&mut self, bdat: bool) -> io::Result<Next> {
         let Some(tx) = self.tx.take() else {
             return Ok(Next::Continue);
         };
@@ -749,6 +754,8 @@ impl SinkSession<'_> {
         c.max_per_connection
             .fetch_max(self.messages, Ordering::Relaxed);
         c.messages.fetch_add(1, Ordering::Relaxed);
+        c.bdat_messages
+            .fetch_add(u64::from(bdat), Ordering::Relaxed);
         c.recipients
             .fetch_add(accepted.len() as u64, Ordering::Relaxed);
         c.bytes.fetch_add(self.body.len() as u64, Ordering::Relaxed);
@@ -781,7 +788,7 @@ impl SinkSession<'_> {
             }
         }
         if let Some(dir) = &cfg.record {
-            self.record(dir, &tx.from, &accepted, &integrity)?;
+            self.record(dir, &tx.from, &accepted, &integrity, bdat)?;
         }
         Ok(Next::Continue)
     }
@@ -792,6 +799,7 @@ impl SinkSession<'_> {
         from: &str,
         rcpts: &[String],
         integrity: &Integrity,
+        bdat: bool,
     ) -> io::Result<()> {
         let seq = self.sink.c.record_seq.fetch_add(1, Ordering::Relaxed);
         let integrity = match integrity {
@@ -805,6 +813,7 @@ impl SinkSession<'_> {
             "rcpt_to": rcpts,
             "size": self.body.len(),
             "tls": self.conn.stream.is_tls(),
+            "bdat": bdat,
             "integrity": integrity,
         });
         std::fs::write(dir.join(format!("{seq:08}.eml")), &self.body)?;

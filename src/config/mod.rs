@@ -349,6 +349,12 @@ pub struct Delivery {
     pub site_pools: SitePools,
     pub max_messages_per_connection: u32,
     pub max_recipients_per_transaction: u32,
+    /// Send content as one `BDAT n LAST` chunk right behind MAIL and RCPT (RFC 3030, with
+    /// PIPELINING) to a next hop that offers CHUNKING: one write and one round trip for a
+    /// message that starts a transaction on its own, where DATA waits for 354 first.
+    /// Messages chained behind another's content keep DATA, and so does content beyond
+    /// `BDAT_CONTENT_BYTES_MAX` and LMTP.
+    pub chunking: bool,
     /// An idle outbound connection is closed (QUIT) after this long without work.
     #[serde(with = "duration")]
     pub idle_timeout: Duration,
@@ -399,6 +405,7 @@ impl Default for Delivery {
             site_pools: SitePools::Auto,
             max_messages_per_connection: 1000,
             max_recipients_per_transaction: 100,
+            chunking: true,
             idle_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(30),
             command_timeout: Duration::from_secs(300),

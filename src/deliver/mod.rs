@@ -17,6 +17,7 @@ use crate::shard::local::Notify;
 use crate::smtp::client::{
     self, Capabilities, Disposition, Failure, OutEnvelope, OutRcpt, Reply, Step, Transaction,
 };
+use crate::smtp::data;
 use crate::smtp::parser::Ret;
 use glommio::io::BufferedFile;
 use glommio::net::TcpStream;
@@ -156,6 +157,8 @@ pub struct DeliveryStats {
     pub transactions: u64,
     /// Transactions whose envelope went out behind the previous message's content.
     pub chained: u64,
+    /// Transactions whose content went out as one BDAT chunk behind their envelope.
+    pub chunked: u64,
     pub delivered: u64,
     pub deferred: u64,
     pub failed: u64,
@@ -655,13 +658,27 @@ impl Deliverer {
         presented: bool,
         chain: Option<&Rc<SiteQueue>>,
     ) -> Done {
-        self.count(|s| s.transactions += 1);
         let Prepared {
             job,
             content,
             reservation,
         } = prepared;
-        let mut tx = Transaction::new(job.rcpts.len(), out.caps.pipelining, out.lmtp);
+        let chunked = !presented && self.chunking_fits(out, content.len());
+        // A chunk carries the content along: once it is sent, a missing reply no longer
+        // proves the message undelivered. A connection that sat idle is looked at first,
+        // so that one the next hop closed meanwhile still hands its job back untouched.
+        if chunked && cached && out.conn.peer_spoke_or_left() {
+            return Done::Stale(Box::new(job));
+        }
+        self.count(|s| {
+            s.transactions += 1;
+            s.chunked += u64::from(chunked);
+        });
+        let mut tx = if chunked {
+            Transaction::chunked(job.rcpts.len())
+        } else {
+            Transaction::new(job.rcpts.len(), out.caps.pipelining, out.lmtp)
+        };
         let lost = Failure::Lost(format!(
             "451 4.4.2 {}: connection lost during the transaction",
             out.remote
@@ -671,11 +688,12 @@ impl Deliverer {
             job: &job,
             content: &content,
             presented,
+            chunked,
             chain,
             reservation,
         };
         let result = self.drive(out, exchange, &mut tx, &mut next).await;
-        if result.is_err() && cached && tx.untouched() {
+        if result.is_err() && cached && tx.untouched() && !chunked {
             return Done::Stale(Box::new(job));
         }
         self.report(Report {
@@ -711,6 +729,15 @@ impl Deliverer {
         }
     }
 
+    /// Whether a transaction of `content_len` octets (wire form) goes as one BDAT chunk.
+    fn chunking_fits(&self, out: &Outbound, content_len: usize) -> bool {
+        self.cfg.chunking
+            && out.caps.chunking
+            && out.caps.pipelining
+            && !out.lmtp
+            && content_len <= BDAT_CONTENT_BYTES_MAX
+    }
+
     /// The next message of the site for chaining, prepared; None when none is waiting.
     async fn chain_next(&self, out: &Outbound, sq: &Rc<SiteQueue>) -> Option<Prepared> {
         loop {
@@ -738,11 +765,19 @@ impl Deliverer {
             job,
             content,
             presented,
+            chunked,
             chain,
             mut reservation,
         } = x;
         // `out.buf` is the connection's one write buffer: no allocation per transaction.
-        if !presented {
+        if chunked {
+            // The whole transaction in one write; nothing rides behind it (a refused
+            // chunk may leave the next hop mid-transaction until RSET).
+            out.buf.clear();
+            chunked_group(job, content, &out.caps, &mut out.buf);
+            out.set_timeout(self.cfg.data_timeout);
+            out.conn.send(&out.buf).await?;
+        } else if !presented {
             reservation = chain.map(Reservation::new);
             out.buf.clear();
             envelope_group(job, &out.caps, &mut out.buf);
@@ -798,6 +833,11 @@ impl Deliverer {
 /// Content up to this size goes out with its terminating dot in one write.
 const COALESCE_CONTENT_BYTES_MAX: usize = 64 * 1024;
 
+/// Content up to this size (unstuffed, copied into the connection's write buffer) goes
+/// out as one BDAT chunk; larger content takes DATA and is written from the queue's
+/// buffer as it is, so a connection's buffer stays this small.
+pub const BDAT_CONTENT_BYTES_MAX: usize = 64 * 1024;
+
 /// How a transaction left its connection.
 enum Done {
     Usable,
@@ -822,6 +862,8 @@ struct Exchange<'a> {
     job: &'a Job,
     content: &'a [u8],
     presented: bool,
+    /// The content goes as one BDAT chunk behind the envelope (not presented before).
+    chunked: bool,
     chain: Option<&'a Rc<SiteQueue>>,
     reservation: Option<Reservation>,
 }
@@ -885,6 +927,25 @@ fn envelope_group(job: &Job, caps: &Capabilities, buf: &mut Vec<u8>) {
         }
         buf.extend_from_slice(b"DATA\r\n");
     }
+}
+
+/// MAIL, every RCPT and the whole content as one last chunk (RFC 3030: `BDAT n LAST`,
+/// the octets as the sender meant them, so unstuffed from the queue's wire form).
+fn chunked_group(job: &Job, content: &[u8], caps: &Capabilities, buf: &mut Vec<u8>) {
+    client::mail_command(&out_envelope(job), caps, buf);
+    for r in &job.rcpts {
+        client::rcpt_command(&out_rcpt(r), caps, buf);
+    }
+    // As after DATA, content that does not end a line gets its CRLF.
+    let crlf: &[u8] = if content.is_empty() || content.ends_with(b"\r\n") {
+        b""
+    } else {
+        b"\r\n"
+    };
+    let len = data::unstuffed_len(content) + crlf.len();
+    let _ = std::io::Write::write_fmt(buf, format_args!("BDAT {len} LAST\r\n"));
+    data::push_unstuffed(content, buf);
+    buf.extend_from_slice(crlf);
 }
 
 fn kind_of(d: Disposition) -> OutcomeKind {

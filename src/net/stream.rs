@@ -235,6 +235,30 @@ impl Conn {
         }
     }
 
+    /// Whether the peer spoke unasked or hung up while the connection sat idle: bytes
+    /// buffered or waiting, end of file, or an error. One non-blocking peek at the
+    /// socket, no wait: a next hop that closed an idle connection is found before
+    /// anything is sent on it.
+    pub fn peer_spoke_or_left(&self) -> bool {
+        if !self.buffered().is_empty() {
+            return true;
+        }
+        let Some(tcp) = self.stream.tcp() else {
+            return true;
+        };
+        let mut byte = 0u8;
+        // SAFETY: recv(2) peeks at most one octet into a local; the fd is the open socket.
+        let n = unsafe {
+            libc::recv(
+                std::os::fd::AsRawFd::as_raw_fd(tcp),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes).await?;
         self.stream.flush().await

@@ -506,6 +506,7 @@ fn snapshot(shard: &Shard, resolver: &Resolver) -> crate::metrics::ShardMetrics 
         outbound_connections: d.connections,
         transactions: d.transactions,
         chained: d.chained,
+        chunked: d.chunked,
         trials: shard.pace.trials.get(),
         paid_trials: shard.pace.paid_trials.get(),
         paused_rounds: shard.pace.paused_rounds.get(),

@@ -257,6 +257,8 @@ enum Stage {
     Mail,
     Rcpt(usize),
     Data,
+    /// BDAT: the reply to the one chunk, which came with the envelope.
+    Chunk,
     Empty,
     Final(usize),
     Done,
@@ -268,6 +270,8 @@ pub struct Transaction {
     rcpts: usize,
     pipelined: bool,
     lmtp: bool,
+    /// The content went out as one `BDAT n LAST` chunk right behind the envelope.
+    chunked: bool,
     stage: Stage,
     mail: Option<Reply>,
     rcpt_replies: Vec<Reply>,
@@ -282,11 +286,22 @@ impl Transaction {
             rcpts,
             pipelined,
             lmtp,
+            chunked: false,
             stage: Stage::Mail,
             mail: None,
             rcpt_replies: Vec::new(),
             data: None,
             finals: Vec::new(),
+        }
+    }
+
+    /// CHUNKING (RFC 3030) with PIPELINING: the caller has sent MAIL, every RCPT and
+    /// `BDAT n LAST` with the whole content at once; the replies are those of MAIL, each
+    /// RCPT and the chunk. SMTP only (LMTP keeps DATA and its reply per recipient).
+    pub fn chunked(rcpts: usize) -> Transaction {
+        Transaction {
+            chunked: true,
+            ..Transaction::new(rcpts, true, false)
         }
     }
 
@@ -321,6 +336,10 @@ impl Transaction {
                         Step::SendRcpt(i + 1)
                     };
                 }
+                if self.chunked {
+                    self.stage = Stage::Chunk;
+                    return Step::Read;
+                }
                 self.stage = Stage::Data;
                 match (self.pipelined, self.accepted() > 0) {
                     (true, _) => Step::Read,
@@ -343,6 +362,18 @@ impl Transaction {
                     }
                     (false, _) => self.done(false),
                 }
+            }
+            Stage::Chunk => {
+                // Without a transaction (MAIL or every RCPT refused) the reply refuses
+                // the chunk, which the server read and dropped; either way the
+                // transaction is over. A server that kept a half transaction after a
+                // refused chunk gets RSET before the next (RFC 3030 4.2).
+                let usable = self.mail.as_ref().is_some_and(Reply::is_ok) && self.accepted() > 0;
+                let ok = r.is_ok();
+                if usable {
+                    self.finals.push(r);
+                }
+                self.done(usable && ok)
             }
             Stage::Empty => self.done(true),
             Stage::Final(i) => {
@@ -384,10 +415,15 @@ impl Transaction {
             .as_ref()
             .filter(|d| d.code != 354)
             .map(|d| after(d, "DATA"));
+        let content_end = if self.chunked {
+            "BDAT LAST"
+        } else {
+            "end of data"
+        };
         let mut final_reply = if self.lmtp {
             None
         } else {
-            self.finals.first().map(|f| after(f, "end of data"))
+            self.finals.first().map(|f| after(f, content_end))
         };
         let mut accepted_seen = 0;
         (0..self.rcpts)
@@ -411,14 +447,14 @@ impl Transaction {
                 }
                 let idx = accepted_seen;
                 accepted_seen += 1;
-                if self.data.is_none() {
+                if self.data.is_none() && !self.chunked {
                     return lost();
                 }
                 if let Some(r) = shared(&mut refused) {
                     return r;
                 }
                 let decisive = if self.lmtp {
-                    self.finals.get(idx).map(|f| after(f, "end of data"))
+                    self.finals.get(idx).map(|f| after(f, content_end))
                 } else {
                     shared(&mut final_reply)
                 };
@@ -581,6 +617,55 @@ mod tests {
             texts(&t),
             ["250 2.1.5 one (in reply to end of data)", "451 4.4.2 lost"]
         );
+    }
+
+    #[test]
+    fn chunked_transactions_end_with_the_chunk_reply() {
+        let lost = Failure::Lost("451 4.4.2 lost".into());
+        let texts = |t: &Transaction| -> Vec<String> {
+            t.results(&lost).into_iter().map(|x| x.1).collect()
+        };
+        // Two recipients, one refused: the chunk's reply decides the other.
+        let mut t = Transaction::chunked(2);
+        assert_eq!(t.on_reply(r(250, "2.1.0 ok")), Step::Read);
+        assert_eq!(t.on_reply(r(550, "5.1.1 no")), Step::Read);
+        assert_eq!(t.on_reply(r(250, "2.1.5 ok")), Step::Read);
+        assert_eq!(
+            t.on_reply(r(250, "2.0.0 queued")),
+            Step::Done { clean: true }
+        );
+        assert_eq!(
+            texts(&t),
+            [
+                "550 5.1.1 no (in reply to RCPT TO)",
+                "250 2.0.0 queued (in reply to BDAT LAST)"
+            ]
+        );
+        // The chunk refused: every accepted recipient takes that reply; RSET follows.
+        let mut t = Transaction::chunked(1);
+        t.on_reply(r(250, "ok"));
+        t.on_reply(r(250, "ok"));
+        assert_eq!(
+            t.on_reply(r(552, "5.3.4 too big")),
+            Step::Done { clean: false }
+        );
+        assert_eq!(texts(&t), ["552 5.3.4 too big (in reply to BDAT LAST)"]);
+        assert_eq!(t.results(&lost)[0].0, Disposition::Failed);
+        // No recipient accepted: the chunk's refusal is read and decides nothing.
+        let mut t = Transaction::chunked(1);
+        t.on_reply(r(250, "ok"));
+        t.on_reply(r(451, "4.2.0 later"));
+        assert_eq!(
+            t.on_reply(r(503, "5.5.1 no valid recipients")),
+            Step::Done { clean: false }
+        );
+        assert_eq!(texts(&t), ["451 4.2.0 later (in reply to RCPT TO)"]);
+        // The connection broke before the chunk's reply: the content may have arrived.
+        let mut t = Transaction::chunked(1);
+        t.on_reply(r(250, "ok"));
+        t.on_reply(r(250, "ok"));
+        assert_eq!(texts(&t), ["451 4.4.2 lost"]);
+        assert_eq!(t.results(&lost)[0].0, Disposition::Deferred);
     }
 
     #[test]

@@ -235,14 +235,28 @@ impl ChunkCheck {
 /// Undoes dot-stuffing: the content as the sender meant it, from the queue's wire form.
 pub fn unstuff(wire: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(wire.len());
-    let mut at_line_start = true;
-    for &b in wire {
-        if !(at_line_start && b == b'.') {
-            out.push(b);
-        }
-        at_line_start = b == b'\n';
-    }
+    push_unstuffed(wire, &mut out);
     out
+}
+
+/// The length of `wire` once unstuffed: one octet less for every line that starts with a
+/// dot (the wire form is clean CRLF text: a line starts after each LF).
+pub fn unstuffed_len(wire: &[u8]) -> usize {
+    let dots =
+        usize::from(wire.first() == Some(&b'.')) + memchr::memmem::find_iter(wire, b"\n.").count();
+    wire.len() - dots
+}
+
+/// Appends `wire` unstuffed to `out`, whole spans between the stuffing dots at a time.
+pub fn push_unstuffed(wire: &[u8], out: &mut Vec<u8>) {
+    out.reserve(wire.len());
+    let mut from = usize::from(wire.first() == Some(&b'.'));
+    for lf in memchr::memmem::find_iter(wire, b"\n.") {
+        out.extend_from_slice(&wire[from..=lf]);
+        // The dot after the LF is the stuffing one.
+        from = lf + 2;
+    }
+    out.extend_from_slice(&wire[from..]);
 }
 
 /// Counts `Received:` header fields in the header section (up to the first empty line).
@@ -384,6 +398,39 @@ mod tests {
         line.extend_from_slice(b"\r\n.\r\n");
         let mut s = DataScanner::new(1 << 20);
         assert!(s.feed(&line, &mut Vec::new()).1.unwrap().long_line);
+    }
+
+    #[test]
+    fn unstuffing_by_spans_matches_the_octet_rule() {
+        // The rule: a dot right after LF (or at the start) is dropped, nothing else.
+        let reference = |wire: &[u8]| -> Vec<u8> {
+            let mut out = Vec::new();
+            let mut at_line_start = true;
+            for &b in wire {
+                if !(at_line_start && b == b'.') {
+                    out.push(b);
+                }
+                at_line_start = b == b'\n';
+            }
+            out
+        };
+        let cases: [&[u8]; 9] = [
+            b"",
+            b".",
+            b"..",
+            b"...\r\n",
+            b"a\r\n..b\r\n..c\r\n",
+            b"..x\r\n.\r\n..\r\n",
+            b"no dots at all\r\nsecond line.\r\n",
+            b"a.b\r\n\r\n..\r\n...\r\nend",
+            b"\n.\n.\n..",
+        ];
+        for wire in cases {
+            let mut out = b"kept".to_vec();
+            push_unstuffed(wire, &mut out);
+            assert_eq!(&out[4..], &reference(wire)[..], "{wire:?}");
+            assert_eq!(unstuffed_len(wire), reference(wire).len(), "{wire:?}");
+        }
     }
 
     #[test]

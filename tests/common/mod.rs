@@ -455,6 +455,7 @@ pub struct Relay {
     pub server: Server,
     pub dns: Option<Daemon>,
     pub sink: Daemon,
+    sink_args: Vec<String>,
     pub sink_port: u16,
     pub dns_port: u16,
     pub dir: TempDir,
@@ -484,6 +485,7 @@ impl Relay {
         }
         args.extend(sink_args.iter().map(|s| s.to_string()));
         let sink = Daemon::start(&args);
+        let sink_args = args;
         let dns = Some(Relay::start_dns(dns_port, &zone_path));
         let defaults = format!(
             "dns = [\"127.0.0.1:{dns_port}\"]\nport = {sink_port}\ndns_timeout = \"500ms\"\ndns_attempts = 1\nretry_initial = \"1s\"\nretry_max = \"2s\"\nidle_timeout = \"1s\"\n"
@@ -504,6 +506,7 @@ impl Relay {
             server,
             dns,
             sink,
+            sink_args,
             sink_port,
             dns_port,
             dir,
@@ -526,6 +529,15 @@ impl Relay {
     pub fn restart_dns(&mut self) {
         self.dns = None;
         self.dns = Some(Relay::start_dns(self.dns_port, &self.zone));
+    }
+
+    /// Stops the sink (its connections close with it) and starts it again, as it was.
+    /// The new sink counts from zero and records over the old one's files.
+    pub fn restart_sink(&mut self) {
+        let _ = self.sink.child.kill();
+        let _ = self.sink.child.wait();
+        let _ = std::fs::remove_file(self.dir.0.join("sink.json"));
+        self.sink = Daemon::start(&self.sink_args);
     }
 
     pub fn sink_stats(&self) -> serde_json::Value {
