@@ -17,6 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How often `loadgen sink --stats` rewrites its file (benches time delivery by it).
+const STATS_PERIOD: Duration = Duration::from_millis(50);
+
 #[derive(Parser)]
 #[command(
     name = "loadgen",
@@ -142,6 +145,10 @@ struct SinkArgs {
     /// Delay before each reply.
     #[arg(long, value_parser = duration, default_value = "0s")]
     latency: Duration,
+    /// Delay before each write of replies, however many it carries: a next hop this
+    /// round trip away (pipelined commands cost one, lock-step ones one each).
+    #[arg(long, value_parser = duration, default_value = "0s")]
+    rtt: Duration,
     /// Delay for the slow@ magic recipient.
     #[arg(long, value_parser = duration, default_value = "2s")]
     slow_latency: Duration,
@@ -153,7 +160,7 @@ struct SinkArgs {
     /// Keep every accepted message: NNNNNNNN.eml (content) and NNNNNNNN.json (envelope).
     #[arg(long)]
     record: Option<PathBuf>,
-    /// Rewrite this file with the JSON totals about 5 times a second.
+    /// Rewrite this file with the JSON totals every `STATS_PERIOD` (20 times a second).
     #[arg(long)]
     stats: Option<PathBuf>,
     /// Write the final totals as JSON here.
@@ -373,6 +380,7 @@ fn cmd_sink(a: SinkArgs) -> Result<ExitCode, String> {
         domain_defer: parse_rates(&a.domain_defer)?,
         domain_reject: parse_rates(&a.domain_reject)?,
         latency: a.latency,
+        rtt: a.rtt,
         slow_latency: a.slow_latency,
         disconnect_rate: a.disconnect_rate,
         max_message_bytes: a.max_message_bytes,
@@ -387,7 +395,7 @@ fn cmd_sink(a: SinkArgs) -> Result<ExitCode, String> {
         let stats_file = a.stats.clone();
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(200));
+                std::thread::sleep(STATS_PERIOD);
                 if usr1.swap(false, Ordering::SeqCst) {
                     eprintln!(
                         "loadgen sink: {}",

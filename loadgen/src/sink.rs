@@ -49,6 +49,8 @@ pub struct SinkConfig {
     pub domain_defer: HashMap<String, f64>,
     pub domain_reject: HashMap<String, f64>,
     pub latency: Duration,
+    /// Delay before each write of replies: a next hop this round trip away.
+    pub rtt: Duration,
     pub slow_latency: Duration,
     pub disconnect_rate: f64,
     pub max_message_bytes: u64,
@@ -347,7 +349,7 @@ impl SinkSession<'_> {
         if self.out.is_empty() {
             return Ok(());
         }
-        let delay = self.sink.cfg.latency * self.replies + self.extra_delay;
+        let delay = self.sink.cfg.latency * self.replies + self.extra_delay + self.sink.cfg.rtt;
         if !delay.is_zero() {
             glommio::timer::sleep(delay).await;
         }
