@@ -538,7 +538,15 @@ fn deferral_of(r: &Relay, rcpt: &str) -> String {
 
 #[test]
 fn hostile_receivers_end_deferred_not_delivered() {
-    let r = Relay::start("", RELAY_POLICY, "data_timeout = \"1s\"\ncommand_timeout = \"5s\"\nretry_initial = \"1h\"\nretry_max = \"1h\"\n", &["--no-tls", "--slow-latency", "1500ms"]);
+    // The content as one BDAT chunk (the sink offers CHUNKING), and after DATA.
+    hostile_receivers(&[]);
+    hostile_receivers(&["--disable", "chunking"]);
+}
+
+fn hostile_receivers(sink_args: &[&str]) {
+    let mut args = vec!["--no-tls", "--slow-latency", "1500ms"];
+    args.extend_from_slice(sink_args);
+    let r = Relay::start("", RELAY_POLICY, "data_timeout = \"1s\"\ncommand_timeout = \"5s\"\nretry_initial = \"1h\"\nretry_max = \"1h\"\n", &args);
     for rcpt in [
         "hang@sink.test",
         "disconnect@sink.test",
@@ -569,6 +577,8 @@ fn hostile_receivers_end_deferred_not_delivered() {
         1,
         "only the slow one was delivered: {s}"
     );
+    let (env, _) = r.wait_for("slow@sink.test");
+    assert_eq!(env["bdat"], sink_args.is_empty(), "{env}");
 }
 
 #[test]
