@@ -1,9 +1,11 @@
 //! The DATA scanner over arbitrary content in arbitrary pieces: never panic, consume
-//! everything or stop exactly at the end, and agree with itself whatever the split.
+//! everything or stop exactly at the end, and agree with itself whatever the split. And
+//! the queue's wire form (kept dot-stuffed), unstuffed span by span for a BDAT chunk, is
+//! exactly what the unstuffing scan gives, whenever the content is one the relay keeps.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringpost::smtp::data::DataScanner;
+use ringpost::smtp::data::{unstuff, unstuffed_len, DataScanner};
 
 fuzz_target!(|input: (u16, &[u8])| {
     let (split, data) = input;
@@ -21,4 +23,15 @@ fuzz_target!(|input: (u16, &[u8])| {
     assert_eq!(used_whole, used_parts);
     assert_eq!(end_whole, end_parts);
     assert_eq!(out_whole, out_parts);
+    // Bare CR or LF (refused) and over the limit (refused) never reach the queue.
+    if let Some(end) = end_whole {
+        if !end.bare_newline && !end.over_limit {
+            let mut plain = DataScanner::new(1 << 20);
+            let mut out_plain = Vec::new();
+            let (used_plain, _) = plain.feed(data, &mut out_plain);
+            assert_eq!(used_plain, used_whole);
+            assert_eq!(unstuff(&out_whole), out_plain);
+            assert_eq!(unstuffed_len(&out_whole), out_plain.len());
+        }
+    }
 });
