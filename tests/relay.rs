@@ -858,3 +858,32 @@ fn a_connection_the_next_hop_closed_while_idle_gets_no_chunk() {
     let (connections, _) = delivery_summary(&r.server.stderr());
     assert_eq!(connections, 2, "{}", r.server.stderr());
 }
+
+#[test]
+fn a_next_hop_that_offers_chunking_but_refuses_bdat_gets_data() {
+    // It answers BDAT "502 not implemented" and reads the chunk as commands. The message
+    // goes again at once with DATA on a fresh connection, and so does the site's next.
+    let r = Relay::start(
+        "",
+        RELAY_POLICY,
+        "retry_initial = \"1h\"\nretry_max = \"1h\"\n",
+        &["--no-tls", "--bdat-unimplemented"],
+    );
+    for rcpt in ["first@sink.test", "second@sink.test"] {
+        let body = format!("Subject: {rcpt}\r\n\r\nx\r\n");
+        send_one(&r, "s@sender.test", &[rcpt], body.as_bytes());
+        let (env, _) = r.wait_for(rcpt);
+        assert_eq!(env["bdat"], false, "{env}");
+    }
+    let log = r.server.stderr();
+    assert_eq!(
+        log.matches("offers CHUNKING but refused BDAT").count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        !log.contains("status=deferred") && !log.contains("status=bounced"),
+        "{log}"
+    );
+    assert_eq!(r.sink_stats()["messages"], 2);
+}

@@ -128,6 +128,10 @@ struct SinkArgs {
     /// chunking, dsn, starttls, ehlo (then only HELO works).
     #[arg(long = "disable")]
     disabled: Vec<String>,
+    /// Offer CHUNKING but answer BDAT "502 command not implemented", reading its chunk as
+    /// commands: a broken next hop.
+    #[arg(long)]
+    bdat_unimplemented: bool,
     /// Fraction of recipients (or messages, with --fail-at data) answered 4xx.
     #[arg(long, default_value_t = 0.0)]
     defer_rate: f64,
@@ -370,6 +374,7 @@ fn cmd_sink(a: SinkArgs) -> Result<ExitCode, String> {
         starttls: !a.no_tls,
         cert: a.cert.zip(a.key),
         disabled: a.disabled.iter().map(|d| d.to_ascii_lowercase()).collect(),
+        bdat_unimplemented: a.bdat_unimplemented,
         defer_rate: a.defer_rate,
         reject_rate: a.reject_rate,
         fail_at: if a.fail_at == "data" {

@@ -43,6 +43,8 @@ pub struct SinkConfig {
     /// A given certificate and key (PEM), instead of a generated one.
     pub cert: Option<(PathBuf, PathBuf)>,
     pub disabled: HashSet<String>,
+    /// Offer CHUNKING, but answer BDAT as a command not implemented (a broken next hop).
+    pub bdat_unimplemented: bool,
     pub defer_rate: f64,
     pub reject_rate: f64,
     pub fail_at: FailAt,
@@ -517,6 +519,10 @@ impl SinkSession<'_> {
             Command::Rcpt(path, _) if self.tx.is_some() => self.rcpt(path),
             Command::Rcpt(..) => self.reply("503 5.5.1 Error: need MAIL command"),
             Command::Data => return self.data().await,
+            Command::Bdat { .. } if self.sink.cfg.bdat_unimplemented => {
+                // As a server without BDAT would: its chunk is read as command lines.
+                self.reply("502 5.5.1 Error: command not implemented")
+            }
             Command::Bdat { size, last } => return self.bdat(size, last).await,
             Command::Rset => {
                 self.tx = None;

@@ -148,6 +148,8 @@ struct SiteQueue {
     taken_since_sweep: Cell<u64>,
     /// Connections opened so far: which equal-preference host the next one starts at.
     opened: Cell<usize>,
+    /// A host of the site offered CHUNKING and refused BDAT as a command: DATA only.
+    chunking_refused: Cell<bool>,
 }
 
 /// Counters for the operator.
@@ -228,6 +230,7 @@ impl Deliverer {
                     chainers: Cell::new(0),
                     taken_since_sweep: Cell::new(0),
                     opened: Cell::new(0),
+                    chunking_refused: Cell::new(false),
                 })
             }))
         };
@@ -344,6 +347,7 @@ impl Deliverer {
             }
             Ok(mut out) => {
                 self.count(|s| s.connections += 1);
+                out.caps.chunking &= !sq.chunking_refused.get();
                 let mut sent = 0u32;
                 // A message whose envelope already went out behind the previous content.
                 let mut chained: Option<Prepared> = None;
@@ -372,6 +376,9 @@ impl Deliverer {
                         .await;
                     self.busy.set(self.busy.get() - 1);
                     self.idle_changed.notify_all();
+                    if out.chunking_refused {
+                        sq.chunking_refused.set(true);
+                    }
                     sent += 1;
                     let usable = match done {
                         Done::Usable => true,
@@ -546,6 +553,7 @@ impl Deliverer {
             remote: Arc::from(format!("{host}[{}]", addr.ip())),
             lmtp,
             buf: Vec::new(),
+            chunking_refused: false,
         })
     }
 
@@ -693,6 +701,17 @@ impl Deliverer {
             reservation,
         };
         let result = self.drive(out, exchange, &mut tx, &mut next).await;
+        if let Some(refusal) = tx.chunk_not_implemented() {
+            // Not taken; the session is out of step: the message goes again at once, on
+            // a fresh connection, with DATA (for the whole site from now on).
+            log::warn!(
+                "{}: offers CHUNKING but refused BDAT ({refusal}): DATA from now on",
+                out.remote
+            );
+            out.chunking_refused = true;
+            out.caps.chunking = false;
+            return Done::Stale(Box::new(job));
+        }
         if result.is_err() && cached && tx.untouched() && !chunked {
             return Done::Stale(Box::new(job));
         }
@@ -964,6 +983,8 @@ struct Outbound {
     lmtp: bool,
     /// Reused for every write of the connection's transactions.
     buf: Vec<u8>,
+    /// The next hop refused BDAT although it offered CHUNKING.
+    chunking_refused: bool,
 }
 
 impl Outbound {

@@ -305,6 +305,20 @@ impl Transaction {
         }
     }
 
+    /// A chunked transaction whose BDAT the next hop refused as a command (500-504) after
+    /// accepting its envelope: it offers CHUNKING without implementing it. The message
+    /// was not taken, and the session is out of step (the chunk may be read as commands).
+    /// The refusal, if so.
+    pub fn chunk_not_implemented(&self) -> Option<&Reply> {
+        let usable = self.mail.as_ref().is_some_and(Reply::is_ok) && self.accepted() > 0;
+        if !(self.chunked && usable) {
+            return None;
+        }
+        self.finals
+            .first()
+            .filter(|r| (500..=504).contains(&r.code))
+    }
+
     fn accepted(&self) -> usize {
         self.rcpt_replies.iter().filter(|r| r.is_ok()).count()
     }
@@ -651,6 +665,16 @@ mod tests {
         );
         assert_eq!(texts(&t), ["552 5.3.4 too big (in reply to BDAT LAST)"]);
         assert_eq!(t.results(&lost)[0].0, Disposition::Failed);
+        assert!(
+            t.chunk_not_implemented().is_none(),
+            "a refusal of the content"
+        );
+        // BDAT refused as a command after the envelope was taken: CHUNKING is broken.
+        let mut t = Transaction::chunked(1);
+        t.on_reply(r(250, "ok"));
+        t.on_reply(r(250, "ok"));
+        t.on_reply(r(502, "5.5.1 command not implemented"));
+        assert_eq!(t.chunk_not_implemented().map(|r| r.code), Some(502));
         // No recipient accepted: the chunk's refusal is read and decides nothing.
         let mut t = Transaction::chunked(1);
         t.on_reply(r(250, "ok"));
@@ -660,6 +684,7 @@ mod tests {
             Step::Done { clean: false }
         );
         assert_eq!(texts(&t), ["451 4.2.0 later (in reply to RCPT TO)"]);
+        assert!(t.chunk_not_implemented().is_none());
         // The connection broke before the chunk's reply: the content may have arrived.
         let mut t = Transaction::chunked(1);
         t.on_reply(r(250, "ok"));

@@ -396,19 +396,19 @@ pub fn loadgen_bin() -> PathBuf {
         .to_path_buf();
     let bin = dir.join("loadgen");
     static BUILD: std::sync::Once = std::sync::Once::new();
+    // Built (or found up to date) once per test process: a loadgen left over from an
+    // older checkout would test the relay against the wrong peer.
     BUILD.call_once(|| {
-        if !bin.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.args(["build", "-p", "loadgen"]);
-            if dir.ends_with("release") {
-                cmd.arg("--release");
-            }
-            assert!(
-                cmd.status().expect("cargo build -p loadgen").success(),
-                "cannot build loadgen"
-            );
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "loadgen"]);
+        if dir.ends_with("release") {
+            cmd.arg("--release");
         }
+        assert!(
+            cmd.status().expect("cargo build -p loadgen").success(),
+            "cannot build loadgen"
+        );
     });
     bin
 }
