@@ -310,13 +310,18 @@ impl Transaction {
     /// was not taken, and the session is out of step (the chunk may be read as commands).
     /// The refusal, if so.
     pub fn chunk_not_implemented(&self) -> Option<&Reply> {
-        let usable = self.mail.as_ref().is_some_and(Reply::is_ok) && self.accepted() > 0;
+        let usable = self.taken();
         if !(self.chunked && usable) {
             return None;
         }
         self.finals
             .first()
             .filter(|r| (500..=504).contains(&r.code))
+    }
+
+    /// The next hop took MAIL and at least one RCPT: there is a transaction for content.
+    fn taken(&self) -> bool {
+        self.mail.as_ref().is_some_and(Reply::is_ok) && self.accepted() > 0
     }
 
     fn accepted(&self) -> usize {
@@ -364,7 +369,7 @@ impl Transaction {
             Stage::Data => {
                 let go = r.code == 354;
                 self.data = Some(r);
-                let usable = self.mail.as_ref().is_some_and(Reply::is_ok) && self.accepted() > 0;
+                let usable = self.taken();
                 match (go, usable) {
                     (true, true) => {
                         self.stage = Stage::Final(0);
@@ -382,7 +387,7 @@ impl Transaction {
                 // the chunk, which the server read and dropped; either way the
                 // transaction is over. A server that kept a half transaction after a
                 // refused chunk gets RSET before the next (RFC 3030 4.2).
-                let usable = self.mail.as_ref().is_some_and(Reply::is_ok) && self.accepted() > 0;
+                let usable = self.taken();
                 let ok = r.is_ok();
                 if usable {
                     self.finals.push(r);
