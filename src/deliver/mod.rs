@@ -376,10 +376,10 @@ impl Deliverer {
                         .await;
                     self.busy.set(self.busy.get() - 1);
                     self.idle_changed.notify_all();
-                    if out.chunking_refused {
+                    sent += 1;
+                    if matches!(done, Done::Unchunked(_)) {
                         sq.chunking_refused.set(true);
                     }
-                    sent += 1;
                     let usable = match done {
                         Done::Usable => true,
                         Done::Broken => false,
@@ -387,10 +387,11 @@ impl Deliverer {
                             chained = Some(*next);
                             true
                         }
-                        Done::Stale(job) => {
+                        Done::Stale(job) | Done::Unchunked(job) => {
                             // The job never reached the next hop (the cached connection
-                            // had died, or broke before the job's first reply): it goes
-                            // first on a fresh connection.
+                            // had died, or broke before the job's first reply, or refused
+                            // BDAT): it goes first on a fresh connection, which after a
+                            // refused BDAT starts without CHUNKING, as all of the site's.
                             sq.ready.borrow_mut().push_front(*job);
                             sq.wake_for_unreserved();
                             false
@@ -553,7 +554,6 @@ impl Deliverer {
             remote: Arc::from(format!("{host}[{}]", addr.ip())),
             lmtp,
             buf: Vec::new(),
-            chunking_refused: false,
         })
     }
 
@@ -702,15 +702,11 @@ impl Deliverer {
         };
         let result = self.drive(out, exchange, &mut tx, &mut next).await;
         if let Some(refusal) = tx.chunk_not_implemented() {
-            // Not taken; the session is out of step: the message goes again at once, on
-            // a fresh connection, with DATA (for the whole site from now on).
             log::warn!(
                 "{}: offers CHUNKING but refused BDAT ({refusal}): DATA from now on",
                 out.remote
             );
-            out.chunking_refused = true;
-            out.caps.chunking = false;
-            return Done::Stale(Box::new(job));
+            return Done::Unchunked(Box::new(job));
         }
         if result.is_err() && cached && tx.untouched() && !chunked {
             return Done::Stale(Box::new(job));
@@ -863,6 +859,10 @@ enum Done {
     Broken,
     /// The connection was dead before the job got a reply: the job is handed back.
     Stale(Box<Job>),
+    /// The next hop offered CHUNKING and refused BDAT as a command: the job was not taken
+    /// and the session is out of step (the chunk may be read as commands). The job goes
+    /// again at once on a fresh connection, with DATA.
+    Unchunked(Box<Job>),
     /// Usable, and the next message's envelope is already on its way.
     Chained(Box<Prepared>),
 }
@@ -939,22 +939,25 @@ fn out_rcpt(r: &JobRcpt) -> OutRcpt<'_> {
 
 /// MAIL, and with PIPELINING every RCPT and DATA too: the first write of a transaction.
 fn envelope_group(job: &Job, caps: &Capabilities, buf: &mut Vec<u8>) {
-    client::mail_command(&out_envelope(job), caps, buf);
     if caps.pipelining {
-        for r in &job.rcpts {
-            client::rcpt_command(&out_rcpt(r), caps, buf);
-        }
+        mail_and_rcpts(job, caps, buf);
         buf.extend_from_slice(b"DATA\r\n");
+    } else {
+        client::mail_command(&out_envelope(job), caps, buf);
+    }
+}
+
+fn mail_and_rcpts(job: &Job, caps: &Capabilities, buf: &mut Vec<u8>) {
+    client::mail_command(&out_envelope(job), caps, buf);
+    for r in &job.rcpts {
+        client::rcpt_command(&out_rcpt(r), caps, buf);
     }
 }
 
 /// MAIL, every RCPT and the whole content as one last chunk (RFC 3030: `BDAT n LAST`,
 /// the octets as the sender meant them, so unstuffed from the queue's wire form).
 fn chunked_group(job: &Job, content: &[u8], caps: &Capabilities, buf: &mut Vec<u8>) {
-    client::mail_command(&out_envelope(job), caps, buf);
-    for r in &job.rcpts {
-        client::rcpt_command(&out_rcpt(r), caps, buf);
-    }
+    mail_and_rcpts(job, caps, buf);
     // As after DATA, content that does not end a line gets its CRLF.
     let crlf: &[u8] = if content.is_empty() || content.ends_with(b"\r\n") {
         b""
@@ -983,8 +986,6 @@ struct Outbound {
     lmtp: bool,
     /// Reused for every write of the connection's transactions.
     buf: Vec<u8>,
-    /// The next hop refused BDAT although it offered CHUNKING.
-    chunking_refused: bool,
 }
 
 impl Outbound {
