@@ -704,9 +704,10 @@ impl Config {
             );
         }
         if q.outcome_delay > OUTCOME_DELAY_MAX {
-            return Err(
-                "[queue] outcome_delay above 1s only widens the duplicate window after a crash; use at most \"1s\"".into(),
-            );
+            let max = OUTCOME_DELAY_MAX.as_millis();
+            return Err(format!(
+                "[queue] outcome_delay above {max}ms only widens the duplicate window after a crash; use at most \"{max}ms\""
+            ));
         }
         Ok(())
     }
