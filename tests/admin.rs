@@ -46,39 +46,44 @@ fn metrics_once(admin: u16, done: impl Fn(&str) -> bool) -> String {
     }
 }
 
-/// loadgen send's arguments for `n` messages over `connections` lock-step connections
-/// (no pipelining) to sink.test.
-fn lock_step(n: &str, connections: &str, rcpts: &str, seed: &str) -> Vec<String> {
-    [
+/// A relay for sink.test with its admin endpoint (token "t0ken") on the returned port;
+/// `extra`: more ringpost TOML sections, `delivery`: [delivery] keys.
+fn relay_with_admin(extra: &str, delivery: &str) -> (Relay, u16) {
+    let admin = free_port();
+    let config = format!(
+        "[server]\nhostname = \"relay.test\"\n[policy]\nrelay_domains = [\"sink.test\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"t0ken\"\n{extra}"
+    );
+    (Relay::start("", &config, delivery, &[]), admin)
+}
+
+/// Sends `n` messages over `connections` lock-step connections (no pipelining) to
+/// sink.test; loadgen send's report.
+fn send_lock_step(r: &Relay, n: u64, connections: u32, rcpts: u32, seed: u32) -> serde_json::Value {
+    let (n, connections, rcpts, seed) = (
+        n.to_string(),
+        connections.to_string(),
+        rcpts.to_string(),
+        seed.to_string(),
+    );
+    r.send(&[
         "--messages",
-        n,
+        &n,
         "--connections",
-        connections,
+        &connections,
         "--rcpts-per-message",
-        rcpts,
+        &rcpts,
         "--pipelining",
         "off",
         "--domain",
         "sink.test",
         "--seed",
-        seed,
-    ]
-    .map(String::from)
-    .to_vec()
+        &seed,
+    ])
 }
 
 #[test]
 fn metrics_summary_and_flush() {
-    let admin = free_port();
-    let config = format!(
-        "[server]\nhostname = \"relay.test\"\n[policy]\nrelay_domains = [\"sink.test\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"t0ken\"\n"
-    );
-    let r = Relay::start(
-        "",
-        &config,
-        "retry_initial = \"1h\"\nretry_max = \"1h\"\n",
-        &[],
-    );
+    let (r, admin) = relay_with_admin("", "retry_initial = \"1h\"\nretry_max = \"1h\"\n");
     let report = r.send(&[
         "--messages",
         "30",
@@ -174,14 +179,12 @@ fn metrics_summary_and_flush() {
 /// every message still arrives, and the pauses show in the metrics.
 #[test]
 fn a_paced_loop_delivers_everything_and_counts_its_pauses() {
-    let admin = free_port();
-    let config = format!(
-        "[server]\nhostname = \"relay.test\"\n[policy]\nrelay_domains = [\"sink.test\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"t0ken\"\n[tuning]\nshards = 1\nloop_period = \"1ms\"\nloop_pace_cpu_pressure = 0\n"
+    let (r, admin) = relay_with_admin(
+        "[tuning]\nshards = 1\nloop_period = \"1ms\"\nloop_pace_cpu_pressure = 0\n",
+        "",
     );
-    let r = Relay::start("", &config, "", &[]);
     // Four lock-step connections (no pipelining): small, frequent rounds of the loop.
-    let args = lock_step("600", "4", "3", "5");
-    let report = r.send(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let report = send_lock_step(&r, 600, 4, 3, 5);
     assert_eq!(report["messages_accepted"], 600, "{report}");
     r.wait_sink("delivered_messages", 600);
     let text = metrics_once(admin, |t| {
@@ -203,14 +206,12 @@ fn a_paced_loop_delivers_everything_and_counts_its_pauses() {
 /// connection makes one commit per message, and the outcomes add none but the last one's.
 #[test]
 fn outcomes_ride_with_the_next_messages_commit() {
-    let admin = free_port();
-    let config = format!(
-        "[server]\nhostname = \"relay.test\"\n[policy]\nrelay_domains = [\"sink.test\"]\n[queue]\noutcome_delay = \"300ms\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"t0ken\"\n[tuning]\nshards = 1\n"
+    let (r, admin) = relay_with_admin(
+        "[queue]\noutcome_delay = \"300ms\"\n[tuning]\nshards = 1\n",
+        "",
     );
-    let r = Relay::start("", &config, "", &[]);
     const MESSAGES: u64 = 40;
-    let args = lock_step(&MESSAGES.to_string(), "1", "1", "9");
-    let report = r.send(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let report = send_lock_step(&r, MESSAGES, 1, 1, 9);
     assert_eq!(report["messages_accepted"], MESSAGES, "{report}");
     r.wait_sink("delivered_messages", MESSAGES);
     // Every message and every outcome on disk: the queue is empty.
