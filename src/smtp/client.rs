@@ -660,14 +660,15 @@ mod tests {
                 "250 2.0.0 queued (in reply to BDAT LAST)"
             ]
         );
+        // One recipient; these replies fed in order: the transaction and the last step.
+        let one = |replies: &[(u16, &str)]| {
+            let mut t = Transaction::chunked(1);
+            let last = replies.iter().map(|&(c, x)| t.on_reply(r(c, x))).last();
+            (t, last)
+        };
         // The chunk refused: every accepted recipient takes that reply; RSET follows.
-        let mut t = Transaction::chunked(1);
-        t.on_reply(r(250, "ok"));
-        t.on_reply(r(250, "ok"));
-        assert_eq!(
-            t.on_reply(r(552, "5.3.4 too big")),
-            Step::Done { clean: false }
-        );
+        let (t, last) = one(&[(250, "ok"), (250, "ok"), (552, "5.3.4 too big")]);
+        assert_eq!(last, Some(Step::Done { clean: false }));
         assert_eq!(texts(&t), ["552 5.3.4 too big (in reply to BDAT LAST)"]);
         assert_eq!(t.results(&lost)[0].0, Disposition::Failed);
         assert!(
@@ -675,25 +676,24 @@ mod tests {
             "a refusal of the content"
         );
         // BDAT refused as a command after the envelope was taken: CHUNKING is broken.
-        let mut t = Transaction::chunked(1);
-        t.on_reply(r(250, "ok"));
-        t.on_reply(r(250, "ok"));
-        t.on_reply(r(502, "5.5.1 command not implemented"));
+        let (t, _) = one(&[
+            (250, "ok"),
+            (250, "ok"),
+            (502, "5.5.1 command not implemented"),
+        ]);
         assert_eq!(t.chunk_not_implemented().map(|r| r.code), Some(502));
         // No recipient accepted: the chunk's refusal is read and decides nothing.
-        let mut t = Transaction::chunked(1);
-        t.on_reply(r(250, "ok"));
-        t.on_reply(r(451, "4.2.0 later"));
-        assert_eq!(
-            t.on_reply(r(503, "5.5.1 no valid recipients")),
-            Step::Done { clean: false }
-        );
+        let (t, last) = one(&[
+            (250, "ok"),
+            (451, "4.2.0 later"),
+            (503, "5.5.1 no valid recipients"),
+        ]);
+        assert_eq!(last, Some(Step::Done { clean: false }));
         assert_eq!(texts(&t), ["451 4.2.0 later (in reply to RCPT TO)"]);
         assert!(t.chunk_not_implemented().is_none());
         // The connection broke before the chunk's reply: the content may have arrived.
-        let mut t = Transaction::chunked(1);
-        t.on_reply(r(250, "ok"));
-        t.on_reply(r(250, "ok"));
+        let (t, last) = one(&[(250, "ok"), (250, "ok")]);
+        assert_eq!(last, Some(Step::Read));
         assert_eq!(texts(&t), ["451 4.4.2 lost"]);
         assert_eq!(t.results(&lost)[0].0, Disposition::Deferred);
     }
